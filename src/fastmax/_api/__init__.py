@@ -1,0 +1,1 @@
+"""Layer 1: public functions — validate, normalise, dispatch to one kernel."""

@@ -1,0 +1,261 @@
+"""softmax, log_softmax and logsumexp."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from .._kernels import softmax as K
+from .._kernels.schedule import SPLIT_CHUNK, cached_rows, split_rows
+from .._layout import (
+    contiguous_for_rows,
+    empty_for_rows,
+    reduced_shape,
+    rows_view,
+    unit_stride,
+)
+from .._validate import (
+    as_array,
+    broadcast_mask,
+    check_no_partial_overlap,
+    check_out,
+    float_dtypes,
+    reduction_axes,
+    temperature_scale,
+)
+
+ArrayLike = Any
+
+
+def _input_rows(arr: np.ndarray, axes: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """2-D rows view of ``arr`` in ``dtype``; a converted copy only when none exists."""
+    view = rows_view(arr, axes) if arr.dtype == dtype else None
+    if view is None:
+        view = rows_view(contiguous_for_rows(arr, axes, dtype), axes)
+    return view
+
+
+def _mask_rows(mask: np.ndarray | None, axes: tuple[int, ...]) -> np.ndarray | None:
+    if mask is None:
+        return None
+    return _input_rows(mask, axes, np.dtype(np.bool_))
+
+
+def _softmax_rows(src: np.ndarray, dst: np.ndarray, mask, scale, log: bool) -> None:
+    """Run the softmax kernel that suits the layouts of the 2-D views."""
+    n_rows, n_cols = src.shape
+    size = src.size
+    if mask is not None:
+        K.softmax_rows_masked(size, src, mask, dst, scale, log)
+    elif unit_stride(src, 1) and unit_stride(dst, 1) and split_rows(n_rows, n_cols):
+        m, rest, count = K.row_stats_split(size, src, scale, SPLIT_CHUNK)
+        K.softmax_rows_split(size, src, dst, scale, log, SPLIT_CHUNK, m, rest + count)
+    elif n_cols > 1 and unit_stride(src, 0) and unit_stride(dst, 0) and not unit_stride(src, 1):
+        K.softmax_cols(size, src.T, dst.T, scale, log)
+    else:
+        K.softmax_rows(size, src, dst, scale, log, cached_rows(n_cols, src.itemsize))
+
+
+def _softmax_family(x, axis, out, where, temperature, log: bool, func: str):
+    arr = as_array(x, "x", func)
+    cdt, rdt = float_dtypes(arr.dtype, "x", func)
+    axes = reduction_axes(axis, arr.ndim, func)
+    scale = cdt.type(temperature_scale(temperature, func))
+    if out is not None:
+        check_out(out, arr.shape, rdt, func)
+        check_no_partial_overlap(out, arr, func)
+    mask = broadcast_mask(where, arr.shape, func) if where is not None else None
+
+    # dst: the compute-dtype array the kernel writes; result: what is returned.
+    if out is not None:
+        result = out
+        dst = out if out.dtype == cdt else None
+    else:
+        result = np.empty_like(arr, dtype=rdt)
+        if rows_view(result, axes) is None:
+            result = empty_for_rows(arr.shape, axes, rdt)
+        dst = result if rdt == cdt else None
+    if arr.size == 0:
+        return result
+    dst_rows = rows_view(dst, axes) if dst is not None else None
+    if dst_rows is None:
+        dst = empty_for_rows(arr.shape, axes, cdt)
+        dst_rows = rows_view(dst, axes)
+
+    src_rows = rows_view(arr, axes) if arr.dtype == cdt else None
+    if src_rows is None:
+        # Convert or re-lay the input into the output buffer, then work in place.
+        np.copyto(dst, arr, casting="unsafe")
+        src_rows = dst_rows
+    _softmax_rows(src_rows, dst_rows, _mask_rows(mask, axes), scale, log)
+    if dst is not result:
+        np.copyto(result, dst, casting="unsafe")
+    if result.ndim == 0 and out is None:
+        return result[()]
+    return result
+
+
+def softmax(
+    x: ArrayLike,
+    axis: int | tuple[int, ...] | None = -1,
+    *,
+    out: np.ndarray | None = None,
+    where: ArrayLike | None = None,
+    temperature: float = 1.0,
+) -> np.ndarray:
+    """Softmax along ``axis``: ``exp(x - max) / sum(exp(x - max))``.
+
+    Parameters
+    ----------
+    x : array_like
+        Input; float32/float64 compute in their own precision, float16 in
+        float32 (returned as float16), integers and bool in float64.
+    axis : int, tuple of ints or None, default -1
+        Axis or axes to normalise over; ``None`` means all axes.
+    out : ndarray, optional
+        Array of ``x``'s shape and the result dtype to write into; may be
+        ``x`` itself (in place).
+    where : array_like of bool, optional
+        Entries to include, broadcastable to ``x``.  Excluded entries are 0;
+        a slice with nothing included is all 0.
+    temperature : float, default 1.0
+        Computes ``softmax(x / temperature)``; finite and > 0.
+
+    Returns
+    -------
+    ndarray
+        Same shape as ``x``; equals ``scipy.special.softmax(x, axis)``,
+        non-finite inputs included.
+    """
+    return _softmax_family(x, axis, out, where, temperature, False, "softmax")
+
+
+def log_softmax(
+    x: ArrayLike,
+    axis: int | tuple[int, ...] | None = -1,
+    *,
+    out: np.ndarray | None = None,
+    where: ArrayLike | None = None,
+    temperature: float = 1.0,
+) -> np.ndarray:
+    """Logarithm of the softmax along ``axis``: ``x - max - log(sum(exp(x - max)))``.
+
+    Parameters and dtypes as :func:`softmax`; excluded entries (``where``)
+    are ``-inf``, and a slice with nothing included is all ``-inf``.  Equals
+    ``scipy.special.log_softmax(x, axis)``, non-finite inputs included.
+    """
+    return _softmax_family(x, axis, out, where, temperature, True, "log_softmax")
+
+
+def _logsumexp_rows(src: np.ndarray, res: np.ndarray) -> None:
+    n_rows, n_cols = src.shape
+    size = src.size
+    one = src.dtype.type(1.0)
+    if unit_stride(src, 1) and split_rows(n_rows, n_cols):
+        m, rest, count = K.row_stats_split(size, src, one, SPLIT_CHUNK)
+        K.logsumexp_of_stats(m, rest, count, res)
+    elif n_cols > 1 and unit_stride(src, 0) and not unit_stride(src, 1):
+        K.logsumexp_cols(size, src.T, one, res)
+    else:
+        K.logsumexp_rows(size, src, one, res)
+
+
+def _sign_of_logsumexp(res: np.ndarray) -> np.ndarray:
+    """SciPy's sign without ``b``: NaN for NaN, 0 for -inf (an all-zero sum), else 1."""
+    sgn = np.ones_like(res)
+    sgn[res == -np.inf] = 0
+    sgn[np.isnan(res)] = np.nan
+    return sgn
+
+
+def logsumexp(
+    x: ArrayLike,
+    axis: int | tuple[int, ...] | None = -1,
+    *,
+    b: ArrayLike | None = None,
+    keepdims: bool = False,
+    return_sign: bool = False,
+    out: np.ndarray | None = None,
+    where: ArrayLike | None = None,
+):
+    """``log(sum(b * exp(x)))`` along ``axis``, computed stably.
+
+    Parameters
+    ----------
+    x : array_like
+        Input, with the dtype policy of :func:`softmax`.
+    axis : int, tuple of ints or None, default -1
+        Axes to reduce; ``None`` means all.
+    b : array_like, optional
+        Weights broadcastable against ``x`` (may be negative), as in SciPy.
+    keepdims : bool, default False
+        Keep the reduced axes with length 1.
+    return_sign : bool, default False
+        Also return the sign of the sum (as SciPy); the result is then ``log|sum|``.
+    out : ndarray, optional
+        Array of the result's shape and dtype to write the result into.
+    where : array_like of bool, optional
+        Entries to include; a slice with nothing included gives ``-inf``.
+
+    Returns
+    -------
+    ndarray or scalar, or a tuple ``(result, sign)`` with ``return_sign``
+        Equals ``scipy.special.logsumexp(x, axis, b, keepdims, return_sign)``.
+    """
+    func = "logsumexp"
+    arr = as_array(x, "x", func)
+    cdt, rdt = float_dtypes(arr.dtype, "x", func)
+    weights = None
+    if b is not None:
+        weights = as_array(b, "b", func)
+        float_dtypes(weights.dtype, "b", func)  # rejects complex, object, ...
+        _, rdt = float_dtypes(np.result_type(rdt, weights.dtype), "b", func)
+        try:
+            shape = np.broadcast_shapes(arr.shape, weights.shape)
+        except ValueError:
+            raise ValueError(
+                f"{func}: b of shape {weights.shape} does not broadcast against x of shape {arr.shape}"
+            ) from None
+        arr = np.broadcast_to(arr, shape)
+        weights = np.broadcast_to(weights, shape)
+    axes = reduction_axes(axis, arr.ndim, func)
+    rshape = reduced_shape(arr.shape, axes, keepdims)
+    if out is not None:
+        check_out(out, rshape, rdt, func)
+    mask = broadcast_mask(where, arr.shape, func) if where is not None else None
+
+    n_cols = math.prod(arr.shape[a] for a in axes)
+    n_rows = math.prod(rshape)
+    if n_cols == 0 or n_rows == 0:
+        res = np.full(n_rows, -np.inf, rdt)
+        sgn = np.full(n_rows, -1.0, rdt)
+    elif weights is not None:
+        src = _input_rows(arr, axes, np.dtype(np.float64))
+        w = _input_rows(weights, axes, np.dtype(np.float64))
+        keep = _mask_rows(mask, axes)
+        if keep is None:
+            keep = np.broadcast_to(np.True_, src.shape)
+        res = np.empty(n_rows, np.float64)
+        sgn = np.empty(n_rows, np.float64)
+        K.logsumexp_rows_weighted(src.size, src, w, keep, bool(return_sign), res, sgn)
+    else:
+        src = _input_rows(arr, axes, cdt)
+        res = np.empty(n_rows, cdt)
+        keep = _mask_rows(mask, axes)
+        if keep is not None:
+            K.logsumexp_rows_masked(src.size, src, keep, res)
+        else:
+            _logsumexp_rows(src, res)
+        sgn = _sign_of_logsumexp(res) if return_sign else None
+    res = res.reshape(rshape).astype(rdt, copy=False)
+    if out is not None:
+        np.copyto(out, res, casting="unsafe")
+        res = out
+    elif res.ndim == 0:
+        res = res[()]
+    if not return_sign:
+        return res
+    sgn = sgn.reshape(rshape).astype(rdt, copy=False)
+    return res, (sgn[()] if sgn.ndim == 0 else sgn)

@@ -1,0 +1,1 @@
+"""Layer 2: jitted numeric kernels.  No validation happens here."""

@@ -1,0 +1,150 @@
+"""Numeric primitives every kernel is built from.
+
+* :func:`exp` — an exp that LLVM vectorizes (pip's llvmlite has no SVML, so
+  ``np.exp`` inside a jitted loop stays a scalar call).  Range reduction
+  ``x = n·ln2 + r`` with ``|r| <= ln2/2``, a Taylor polynomial for ``e^r`` and
+  ``2^n`` built from exponent bits in two halves (so results that underflow
+  into the subnormal range are rounded once and ``exp(+inf)``, ``exp(-inf)``
+  and ``exp(nan)`` come out as IEEE says).
+* :func:`fmaximum` — ``llvm.maximum``: the NaN-propagating max of ``np.max``;
+  unlike a compare-and-select it vectorizes without ``nnan``.
+* :func:`like` — a constant in the floating type of another value.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic, overload
+
+from .._config import EXACT_MATH
+
+
+@intrinsic
+def bits_to_float(typingctx, bits):
+    """Reinterpret an int64 (int32) as the float64 (float32) with those bits."""
+    if bits == types.int64:
+        sig, llty = types.float64(bits), ir.DoubleType()
+    elif bits == types.int32:
+        sig, llty = types.float32(bits), ir.FloatType()
+    else:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], llty)
+
+    return sig, codegen
+
+
+@intrinsic
+def fmaximum(typingctx, a, b):
+    """NaN-propagating maximum of two floats of one type (``llvm.maximum``)."""
+    if a != b or not isinstance(a, types.Float):
+        return None
+
+    def codegen(context, builder, signature, args):
+        llty = args[0].type
+        fn = builder.module.declare_intrinsic(
+            "llvm.maximum", [llty], ir.FunctionType(llty, [llty, llty])
+        )
+        return builder.call(fn, args)
+
+    return a(a, b), codegen
+
+
+def like(value, other):  # pragma: no cover - replaced by the overload in jitted code
+    return type(other)(value)
+
+
+@overload(like, inline="always")
+def _like_overload(value, other):
+    if isinstance(other, types.Float):
+        target = other
+
+        def impl(value, other):
+            return target(value)
+
+        return impl
+    return None
+
+
+# --- float64 exp -----------------------------------------------------------
+_LOG2E = 1.4426950408889634
+_LN2_HI = 6.93147180369123816490e-01  # ln 2 with trailing zero bits: n*_LN2_HI is exact
+_LN2_LO = 1.90821492927058770002e-10
+_EXP64_LO = -746.0  # below: exp underflows to +0
+_EXP64_HI = 710.0  # above: exp overflows to +inf
+
+
+@njit(fastmath=EXACT_MATH, cache=True)
+def _exp64(x):
+    # Comparisons are written so that NaN falls through unchanged.
+    xc = _EXP64_LO if x < _EXP64_LO else x
+    xc = _EXP64_HI if xc > _EXP64_HI else xc
+    n = np.floor(xc * _LOG2E + 0.5)
+    r = xc - n * _LN2_HI
+    r = r - n * _LN2_LO
+    # e^r, Taylor to degree 13 (truncation error < 5e-18 for |r| <= ln2/2),
+    # evaluated by Estrin's scheme: a dependency chain of 4 FMAs, not 13.
+    r2 = r * r
+    r4 = r2 * r2
+    r8 = r4 * r4
+    q0 = (1.0 + r) + (0.5 + r * (1.0 / 6.0)) * r2
+    q1 = (1.0 / 24.0 + r * (1.0 / 120.0)) + (1.0 / 720.0 + r * (1.0 / 5040.0)) * r2
+    q2 = (1.0 / 40320.0 + r * (1.0 / 362880.0)) + (
+        1.0 / 3628800.0 + r * (1.0 / 39916800.0)
+    ) * r2
+    q3 = 1.0 / 479001600.0 + r * (1.0 / 6227020800.0)
+    p = (q0 + q1 * r4) + (q2 + q3 * r4) * r8
+    # 2^n as two normal powers of two; NaN's n is replaced by 0 (p is NaN anyway).
+    ni = np.int64(n if n == n else 0.0)
+    n1 = ni >> 1
+    n2 = ni - n1
+    return p * bits_to_float((n1 + 1023) << 52) * bits_to_float((n2 + 1023) << 52)
+
+
+# --- float32 exp -----------------------------------------------------------
+_F32 = np.float32
+_LOG2E_F = _F32(1.4426950408889634)
+_LN2_HI_F = _F32(0.693359375)  # 9 significant bits: n*_LN2_HI_F is exact
+_LN2_LO_F = _F32(-2.12194440e-4)
+_EXP32_LO = _F32(-104.0)
+_EXP32_HI = _F32(89.0)
+_HALF_F = _F32(0.5)
+_C2, _C3, _C4, _C5, _C6, _C7 = (_F32(1.0 / k) for k in (2.0, 6.0, 24.0, 120.0, 720.0, 5040.0))
+_ONE_F = _F32(1.0)
+
+
+@njit(fastmath=EXACT_MATH, cache=True)
+def _exp32(x):
+    xc = _EXP32_LO if x < _EXP32_LO else x
+    xc = _EXP32_HI if xc > _EXP32_HI else xc
+    n = np.floor(xc * _LOG2E_F + _HALF_F)
+    r = xc - n * _LN2_HI_F
+    r = r - n * _LN2_LO_F
+    # e^r, Taylor to degree 7 (truncation error < 6e-9 for |r| <= ln2/2), Estrin.
+    r2 = r * r
+    r4 = r2 * r2
+    q0 = (_ONE_F + r) + (_C2 + r * _C3) * r2
+    q1 = (_C4 + r * _C5) + (_C6 + r * _C7) * r2
+    p = q0 + q1 * r4
+    ni = np.int32(n if n == n else _F32(0.0))
+    n1 = ni >> np.int32(1)
+    n2 = ni - n1
+    s1 = bits_to_float(np.int32((n1 + np.int32(127)) << np.int32(23)))
+    s2 = bits_to_float(np.int32((n2 + np.int32(127)) << np.int32(23)))
+    return p * s1 * s2
+
+
+def exp(x):  # pragma: no cover - replaced by the overload in jitted code
+    return np.exp(x)
+
+
+@overload(exp, inline="always")
+def _exp_overload(x):
+    if x == types.float64:
+        return lambda x: _exp64(x)
+    if x == types.float32:
+        return lambda x: _exp32(x)
+    return None

@@ -1,0 +1,65 @@
+"""The scheduler: which driver runs a call, serial or parallel, across rows
+or within them.  Thresholds were measured on a 2-core Zen 4 (see PERF.md)."""
+
+from __future__ import annotations
+
+import types as _pytypes
+from dataclasses import dataclass
+from typing import Callable
+
+import numba
+from numba import njit
+
+from .._config import FASTMATH, JIT
+
+#: Below this many elements a parallel launch costs more than it saves.
+PARALLEL_MIN_ELEMENTS = 1 << 15
+#: Rows up to this size (bytes) are kept in cache between passes.
+CACHED_ROW_BYTES = 1 << 17
+#: Elements per task when a row is split across threads.
+SPLIT_CHUNK = 1 << 16
+#: Columns per task of the non-last-axis (column) kernels.
+COLUMN_BLOCK = 256
+#: Rows per block of the column kernels' online max+sum (keeps the block in L2).
+COLUMN_ROWS = 64
+
+
+def _renamed(fn: Callable, suffix: str) -> Callable:
+    """A copy of ``fn`` under another name, so each jitted variant caches apart."""
+    clone = _pytypes.FunctionType(
+        fn.__code__, fn.__globals__, fn.__name__ + suffix, fn.__defaults__, fn.__closure__
+    )
+    clone.__qualname__ = fn.__qualname__ + suffix
+    clone.__doc__ = fn.__doc__
+    return clone
+
+
+@dataclass(frozen=True)
+class Driver:
+    """One kernel driver compiled twice: ``prange`` as threads, and as ``range``."""
+
+    parallel: Callable
+    serial: Callable
+
+    def __call__(self, n_elements: int, *args):
+        if n_elements >= PARALLEL_MIN_ELEMENTS and numba.get_num_threads() > 1:
+            return self.parallel(*args)
+        return self.serial(*args)
+
+
+def driver(fn: Callable) -> Driver:
+    """Decorator: jit a driver written with ``prange`` as a :class:`Driver`."""
+    return Driver(
+        parallel=njit(parallel=True, fastmath=FASTMATH, **JIT)(_renamed(fn, "_parallel")),
+        serial=njit(parallel=False, fastmath=FASTMATH, **JIT)(_renamed(fn, "_serial")),
+    )
+
+
+def split_rows(n_rows: int, n_cols: int) -> bool:
+    """Split rows across threads when there are too few rows to go round."""
+    return n_rows < 2 * numba.get_num_threads() and n_cols >= 2 * SPLIT_CHUNK
+
+
+def cached_rows(n_cols: int, itemsize: int) -> bool:
+    """Whether a row stays in cache between the passes of the row kernels."""
+    return n_cols * itemsize <= CACHED_ROW_BYTES

@@ -1,0 +1,336 @@
+"""softmax / log_softmax / logsumexp kernels.
+
+Every driver takes 2-D views.  ``rows`` drivers reduce along the last axis
+(``x[r]`` is one row); ``cols`` drivers reduce along the first axis of a view
+whose last axis is the contiguous one (SIMD runs across the columns).
+``log`` selects log_softmax instead of softmax; ``scale`` is 1/temperature.
+
+Non-finite rows need no branch of their own: :func:`finish` turns the row
+statistics into a shift and factor that reproduce SciPy's NaN/±inf results
+through the ordinary write pass, which also keeps ``out is x`` correct.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from .._config import EXACT_MATH, FASTMATH, JIT
+from ._math import exp, fmaximum, like
+from .reduce import (
+    logsumexp_from_stats,
+    merge_max_sumexp,
+    row_max,
+    row_max_sumexp,
+)
+from .schedule import COLUMN_BLOCK, COLUMN_ROWS, driver
+
+
+@njit(fastmath=FASTMATH, **JIT)
+def finish(m, total, log):
+    """Shift and factor for the write pass from a row's max ``m`` and sum of exp.
+
+    softmax: ``exp(v - shift) * factor``; log_softmax: ``(v - shift) - factor``.
+    A NaN or infinite max gives SciPy's answers: all NaN, except log_softmax
+    with a +inf max, which is NaN at the +inf entries and -inf elsewhere.
+    """
+    if math.isfinite(m):
+        if log:
+            return m, like(math.log(total), m)
+        return m, like(1.0 / total, m)
+    if log and m == np.inf:
+        return m, like(0.0, m)
+    return like(math.nan, m), like(0.0, m)
+
+
+@njit(fastmath=EXACT_MATH, **JIT)
+def write_row(x, out, scale, shift, factor, log):
+    if log:
+        for i in range(x.size):
+            out[i] = (x[i] * scale - shift) - factor
+    else:
+        for i in range(x.size):
+            out[i] = exp(x[i] * scale - shift) * factor
+
+
+@njit(fastmath=EXACT_MATH, **JIT)
+def write_row_per_column(x, out, scale, shift, factor, log):
+    """:func:`write_row` with a shift and factor per element (column kernels)."""
+    if log:
+        for j in range(x.size):
+            out[j] = (x[j] * scale - shift[j]) - factor[j]
+    else:
+        for j in range(x.size):
+            out[j] = exp(x[j] * scale - shift[j]) * factor[j]
+
+
+@njit(fastmath=FASTMATH, **JIT)
+def softmax_row_cached(x, out, scale):
+    """softmax of a row that stays in cache: max, exp+store+sum, scale (one exp each)."""
+    m = row_max(x) * scale
+    total = 0.0
+    for i in range(x.size):
+        e = exp(x[i] * scale - m)
+        out[i] = e
+        total += np.float64(e)
+    shift, factor = finish(m, total, False)
+    if shift != m:  # non-finite max: the stored values are not the answer
+        write_row(x, out, scale, shift, factor, False)
+        return
+    for i in range(x.size):
+        out[i] *= factor
+
+
+@njit(fastmath=FASTMATH, **JIT)
+def softmax_row(x, out, scale, log, cached):
+    if cached and not log:
+        softmax_row_cached(x, out, scale)
+        return
+    m, rest, count = row_max_sumexp(x, scale)
+    shift, factor = finish(m, rest + count, log)
+    write_row(x, out, scale, shift, factor, log)
+
+
+@driver
+def softmax_rows(x, out, scale, log, cached):
+    for r in prange(x.shape[0]):
+        softmax_row(x[r], out[r], scale, log, cached)
+
+
+@driver
+def logsumexp_rows(x, scale, res):
+    for r in prange(x.shape[0]):
+        m, rest, count = row_max_sumexp(x[r], scale)
+        res[r] = logsumexp_from_stats(m, rest, count)
+
+
+@driver
+def row_stats_split(x, scale, chunk):
+    """Per-row ``(m, rest, count)`` of long rows, each split into chunks over
+    all threads and merged in chunk order (the result does not depend on the
+    number of threads)."""
+    n_rows, n_cols = x.shape
+    n_chunks = (n_cols + chunk - 1) // chunk
+    m_parts = np.empty((n_rows, n_chunks), x.dtype)
+    rest_parts = np.empty((n_rows, n_chunks), np.float64)
+    count_parts = np.empty((n_rows, n_chunks), np.int64)
+    for t in prange(n_rows * n_chunks):
+        r = t // n_chunks
+        lo = (t - r * n_chunks) * chunk
+        m, rest, count = row_max_sumexp(x[r, lo : min(lo + chunk, n_cols)], scale)
+        m_parts.flat[t] = m
+        rest_parts.flat[t] = rest
+        count_parts.flat[t] = count
+    m_rows = np.empty(n_rows, x.dtype)
+    rest_rows = np.empty(n_rows, np.float64)
+    count_rows = np.empty(n_rows, np.int64)
+    for r in range(n_rows):
+        m_rows[r], rest_rows[r], count_rows[r] = merge_max_sumexp(
+            m_parts[r], rest_parts[r], count_parts[r]
+        )
+    return m_rows, rest_rows, count_rows
+
+
+@driver
+def softmax_rows_split(x, out, scale, log, chunk, m_rows, total_rows):
+    """Write pass of long rows split into chunks, from :func:`row_stats_split`."""
+    n_rows, n_cols = x.shape
+    n_chunks = (n_cols + chunk - 1) // chunk
+    for t in prange(n_rows * n_chunks):
+        r = t // n_chunks
+        lo = (t - r * n_chunks) * chunk
+        hi = min(lo + chunk, n_cols)
+        shift, factor = finish(m_rows[r], total_rows[r], log)
+        write_row(x[r, lo:hi], out[r, lo:hi], scale, shift, factor, log)
+
+
+@njit(fastmath=FASTMATH, **JIT)
+def logsumexp_of_stats(m_rows, rest_rows, count_rows, res):
+    for r in range(m_rows.size):
+        res[r] = logsumexp_from_stats(m_rows[r], rest_rows[r], count_rows[r])
+
+
+@njit(fastmath=FASTMATH, **JIT)
+def column_stats(x, scale, j0, width, m, rest, count, block_max):
+    """Online ``(m, rest, count)`` of columns ``j0:j0+width`` of ``x``, reduced
+    along axis 0, in blocks of :data:`COLUMN_ROWS` rows; SIMD runs across columns."""
+    n = x.shape[0]
+    neg_inf = like(-np.inf, scale)
+    for j in range(width):
+        m[j] = neg_inf
+        rest[j] = 0.0
+        count[j] = 0
+    for i0 in range(0, n, COLUMN_ROWS):
+        i1 = min(i0 + COLUMN_ROWS, n)
+        for j in range(width):
+            block_max[j] = x[i0, j0 + j]
+        for i in range(i0 + 1, i1):
+            for j in range(width):
+                block_max[j] = fmaximum(block_max[j], x[i, j0 + j])
+        for j in range(width):
+            bm = block_max[j] * scale
+            old = m[j]
+            new = fmaximum(old, bm)
+            grew = new > old
+            # Entries equal to the old max leave the count and join the rest.
+            keep = math.isfinite(old) and math.isfinite(new)
+            rescale = exp(np.float64(old) - np.float64(new)) if keep else 0.0
+            rest[j] = (rest[j] + count[j]) * rescale if grew else rest[j]
+            count[j] = 0 if grew else count[j]
+            m[j] = new
+        for i in range(i0, i1):
+            for j in range(width):
+                v = x[i, j0 + j] * scale
+                shift = m[j] if math.isfinite(m[j]) else like(0.0, v)
+                hit = v == shift
+                count[j] += hit
+                rest[j] += 0.0 if hit else np.float64(exp(v - shift))
+
+
+@driver
+def softmax_cols(x, out, scale, log):
+    n, n_cols = x.shape
+    n_blocks = (n_cols + COLUMN_BLOCK - 1) // COLUMN_BLOCK
+    for b in prange(n_blocks):
+        j0 = b * COLUMN_BLOCK
+        width = min(COLUMN_BLOCK, n_cols - j0)
+        m = np.empty(width, x.dtype)
+        block_max = np.empty(width, x.dtype)
+        rest = np.empty(width, np.float64)
+        count = np.empty(width, np.int64)
+        column_stats(x, scale, j0, width, m, rest, count, block_max)
+        shift = np.empty(width, x.dtype)
+        factor = np.empty(width, x.dtype)
+        for j in range(width):
+            shift[j], factor[j] = finish(m[j], rest[j] + count[j], log)
+        for i in range(n):
+            write_row_per_column(
+                x[i, j0 : j0 + width], out[i, j0 : j0 + width], scale, shift, factor, log
+            )
+
+
+@driver
+def logsumexp_cols(x, scale, res):
+    n, n_cols = x.shape
+    n_blocks = (n_cols + COLUMN_BLOCK - 1) // COLUMN_BLOCK
+    for b in prange(n_blocks):
+        j0 = b * COLUMN_BLOCK
+        width = min(COLUMN_BLOCK, n_cols - j0)
+        m = np.empty(width, x.dtype)
+        block_max = np.empty(width, x.dtype)
+        rest = np.empty(width, np.float64)
+        count = np.empty(width, np.int64)
+        column_stats(x, scale, j0, width, m, rest, count, block_max)
+        for j in range(width):
+            res[j0 + j] = logsumexp_from_stats(m[j], rest[j], count[j])
+
+
+@njit(fastmath=FASTMATH, **JIT)
+def masked_stats(x, mask, scale):
+    """``(m, rest, count, included)`` over the entries of a row where ``mask``."""
+    neg_inf = like(-np.inf, scale)
+    m = neg_inf
+    included = 0
+    for i in range(x.size):
+        if mask[i]:
+            m = fmaximum(m, x[i] * scale)
+            included += 1
+    rest = 0.0
+    count = 0
+    if math.isfinite(m):
+        for i in range(x.size):
+            v = x[i] * scale
+            if mask[i]:
+                hit = v == m
+                count += hit
+                rest += 0.0 if hit else np.float64(exp(v - m))
+    return m, rest, count, included
+
+
+@driver
+def softmax_rows_masked(x, mask, out, scale, log):
+    """softmax / log_softmax over the entries where ``mask``; 0 / -inf elsewhere."""
+    fill = like(-np.inf if log else 0.0, scale)
+    for r in prange(x.shape[0]):
+        xr = x[r]
+        mr = mask[r]
+        orow = out[r]
+        m, rest, count, included = masked_stats(xr, mr, scale)
+        if included == 0:
+            for i in range(xr.size):
+                orow[i] = fill
+            continue
+        shift, factor = finish(m, rest + count, log)
+        for i in range(xr.size):
+            v = xr[i] * scale
+            if not mr[i]:
+                orow[i] = fill
+            elif log:
+                orow[i] = (v - shift) - factor
+            else:
+                orow[i] = exp(v - shift) * factor
+
+
+@driver
+def logsumexp_rows_masked(x, mask, res):
+    one = like(1.0, x[0, 0])
+    for r in prange(x.shape[0]):
+        m, rest, count, included = masked_stats(x[r], mask[r], one)
+        res[r] = logsumexp_from_stats(m, rest, count) if included else -np.inf
+
+
+@njit(fastmath=EXACT_MATH, **JIT)
+def sign(v):
+    """``np.sign`` of a float64."""
+    if v > 0.0:
+        return 1.0
+    if v < 0.0:
+        return -1.0
+    return v  # 0.0 or NaN
+
+
+@njit(fastmath=EXACT_MATH, **JIT)
+def weighted_logsumexp_row(x, b, mask, return_sign):
+    """SciPy's ``logsumexp(a, b=b)`` of one row, in float64, entries where ``mask``.
+
+    Follows ``scipy.special.logsumexp`` step by step so that signs, zeros and
+    non-finite values come out the same: entries with ``b == 0`` are left out
+    of the max, the max entries are summed apart for accuracy, and a
+    non-finite result is recomputed directly as ``log(sum(b * exp(a)))``.
+    """
+    a_max = -np.inf
+    for i in range(x.size):
+        if mask[i] and b[i] != 0:
+            a_max = fmaximum(a_max, np.float64(x[i]))
+    m = 0.0
+    s = 0.0
+    for i in range(x.size):
+        if mask[i] and b[i] != 0:
+            v = np.float64(x[i])
+            if v == a_max:
+                m += b[i]
+            else:
+                s += b[i] * exp(v - a_max)
+    s = s if s == 0 else s / m
+    sgn = sign(s + 1.0) * sign(m)
+    if s < -1.0:
+        s = -s - 2.0
+    out = math.log1p(s) + math.log(abs(m)) + a_max
+    if not return_sign and sgn < 0:
+        out = math.nan
+    if not math.isfinite(out):
+        total = 0.0
+        for i in range(x.size):
+            if mask[i]:
+                total += b[i] * exp(np.float64(x[i]))
+        sgn = sign(total)
+        out = math.log(abs(total)) if return_sign else math.log(total)
+    return out, sgn
+
+
+@driver
+def logsumexp_rows_weighted(x, b, mask, return_sign, res, signs):
+    for r in prange(x.shape[0]):
+        res[r], signs[r] = weighted_logsumexp_row(x[r], b[r], mask[r], return_sign)
