@@ -45,8 +45,19 @@ def finish(m, total, log):
     return like(math.nan, m), like(0.0, m)
 
 
-@njit(fastmath=EXACT_MATH, **JIT)
-def write_row(x, out, scale, shift, factor, log):
+@njit(fastmath=FASTMATH, **JIT)
+def same_buffer(x, out):
+    """Whether ``out`` is ``x`` (in place).
+
+    Elementwise loops then get one array for both arguments: with two
+    pointers that are equal, LLVM's runtime overlap check fails and it runs
+    the scalar loop (measured 4x slower), while one pointer vectorizes.
+    """
+    return x.ctypes.data == out.ctypes.data
+
+
+@njit(fastmath=EXACT_MATH, inline="always", **JIT)
+def _write_loop(x, out, scale, shift, factor, log):
     if log:
         for i in range(x.size):
             out[i] = (x[i] * scale - shift) - factor
@@ -56,8 +67,16 @@ def write_row(x, out, scale, shift, factor, log):
 
 
 @njit(fastmath=EXACT_MATH, **JIT)
-def write_row_per_column(x, out, scale, shift, factor, log):
-    """:func:`write_row` with a shift and factor per element (column kernels)."""
+def write_row(x, out, scale, shift, factor, log):
+    """``out = softmax or log_softmax term of x`` given the row's shift and factor."""
+    if same_buffer(x, out):
+        _write_loop(out, out, scale, shift, factor, log)
+    else:
+        _write_loop(x, out, scale, shift, factor, log)
+
+
+@njit(fastmath=EXACT_MATH, inline="always", **JIT)
+def _write_per_column_loop(x, out, scale, shift, factor, log):
     if log:
         for j in range(x.size):
             out[j] = (x[j] * scale - shift[j]) - factor[j]
@@ -66,15 +85,33 @@ def write_row_per_column(x, out, scale, shift, factor, log):
             out[j] = exp(x[j] * scale - shift[j]) * factor[j]
 
 
-@njit(fastmath=FASTMATH, **JIT)
-def softmax_row_cached(x, out, scale):
-    """softmax of a row that stays in cache: max, exp+store+sum, scale (one exp each)."""
-    m = row_max(x) * scale
+@njit(fastmath=EXACT_MATH, **JIT)
+def write_row_per_column(x, out, scale, shift, factor, log):
+    """:func:`write_row` with a shift and factor per element (column kernels)."""
+    if same_buffer(x, out):
+        _write_per_column_loop(out, out, scale, shift, factor, log)
+    else:
+        _write_per_column_loop(x, out, scale, shift, factor, log)
+
+
+@njit(fastmath=FASTMATH, inline="always", **JIT)
+def _exp_store_sum(x, out, scale, m):
     total = 0.0
     for i in range(x.size):
         e = exp(x[i] * scale - m)
         out[i] = e
         total += np.float64(e)
+    return total
+
+
+@njit(fastmath=FASTMATH, **JIT)
+def softmax_row_cached(x, out, scale):
+    """softmax of a row that stays in cache: max, exp+store+sum, scale (one exp each)."""
+    m = row_max(x) * scale
+    if same_buffer(x, out):
+        total = _exp_store_sum(out, out, scale, m)
+    else:
+        total = _exp_store_sum(x, out, scale, m)
     shift, factor = finish(m, total, False)
     if shift != m:  # non-finite max: the stored values are not the answer
         write_row(x, out, scale, shift, factor, False)

@@ -1,0 +1,95 @@
+"""Plain NumPy/SciPy references for every fastmax function (slow, obviously right)."""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.special as sp
+
+
+def as_reference_input(x) -> np.ndarray:
+    """The input the reference sees: float64, or float32 values for float16 input."""
+    x = np.asarray(x)
+    if x.dtype == np.float16:
+        x = x.astype(np.float32)
+    return x.astype(np.float64)
+
+
+def _axis_any(mask: np.ndarray, axis) -> np.ndarray:
+    return np.any(mask, axis=axis, keepdims=True)
+
+
+def softmax(x, axis=-1, where=None, temperature=1.0, log=False) -> np.ndarray:
+    """SciPy's softmax/log_softmax of ``x / temperature`` over the entries where ``where``."""
+    x = as_reference_input(x)
+    if x.size == 0:  # SciPy's np.max raises here; there is nothing to compute
+        return np.empty_like(x)
+    if temperature != 1.0:
+        x = x / temperature
+    fn = sp.log_softmax if log else sp.softmax
+    fill = -np.inf if log else 0.0
+    with np.errstate(all="ignore"):
+        if where is None:
+            return fn(x, axis=axis)
+        mask = np.broadcast_to(where, x.shape)
+        res = fn(np.where(mask, x, -np.inf), axis=axis)
+        res = np.where(_axis_any(mask, axis), res, fill)
+        return np.where(mask, res, fill)
+
+
+def logsumexp(x, axis=-1, b=None, keepdims=False, return_sign=False, where=None):
+    """SciPy's logsumexp over the entries where ``where``."""
+    x = as_reference_input(x)
+    if where is not None:
+        mask = np.broadcast_to(where, np.broadcast_shapes(x.shape, np.shape(b) if b is not None else ()))
+        x = np.where(mask, x, -np.inf)
+        if b is not None:
+            b = np.where(mask, b, 0.0)
+    if x.size == 0:  # SciPy fails on some empty inputs with a tuple axis; its rule is -inf, sign -1
+        axes = tuple(range(x.ndim)) if axis is None else np.atleast_1d(axis) % x.ndim
+        shape = tuple(1 if i in axes else n for i, n in enumerate(x.shape) if keepdims or i not in axes)
+        res = np.full(shape, -np.inf)
+        return (res, np.full(shape, -1.0)) if return_sign else res
+    with np.errstate(all="ignore"):
+        return sp.logsumexp(x, axis=axis, b=b, keepdims=keepdims, return_sign=return_sign)
+
+
+def tolerance(dtype) -> dict:
+    """Tolerances of the contract: float64 rtol 1e-12, float32 (and float16) 2e-5."""
+    dtype = np.dtype(dtype)
+    if dtype == np.float16:
+        return {"rtol": 2e-3, "atol": 1e-4}
+    if dtype == np.float32:
+        return {"rtol": 2e-5, "atol": 1e-6}
+    return {"rtol": 1e-12, "atol": 1e-14}
+
+
+def assert_matches(actual, expected, dtype, *, scale=1.0, context=""):
+    """Elementwise comparison with NaN and ±inf in the same places.
+
+    ``scale`` widens the absolute tolerance for outputs whose size follows the
+    input's magnitude (log_softmax, logsumexp), where cancellation near zero
+    makes a relative tolerance meaningless.
+    """
+    dtype = np.dtype(dtype) if np.dtype(dtype).kind == "f" else np.dtype(np.float64)
+    actual = np.asarray(actual, dtype=np.float64)
+    # Round the float64 reference to the result dtype (overflow included).
+    with np.errstate(over="ignore"):
+        expected = np.asarray(expected).astype(dtype).astype(np.float64)
+    assert actual.shape == expected.shape, (actual.shape, expected.shape, context)
+    tol = tolerance(dtype)
+    np.testing.assert_array_equal(np.isnan(actual), np.isnan(expected), err_msg=f"NaN places {context}")
+    inf_a = np.isinf(actual)
+    np.testing.assert_array_equal(inf_a, np.isinf(expected), err_msg=f"inf places {context}")
+    np.testing.assert_array_equal(actual[inf_a], expected[inf_a], err_msg=f"inf signs {context}")
+    fin = np.isfinite(expected)
+    np.testing.assert_allclose(
+        actual[fin], expected[fin], rtol=tol["rtol"], atol=tol["atol"] * max(1.0, scale),
+        err_msg=context,
+    )
+
+
+def magnitude(x) -> float:
+    """Largest finite |x| (1.0 if none), for :func:`assert_matches`'s ``scale``."""
+    x = as_reference_input(x)
+    fin = np.abs(x[np.isfinite(x)])
+    return float(fin.max()) if fin.size else 1.0

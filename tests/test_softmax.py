@@ -1,0 +1,233 @@
+"""softmax / log_softmax / logsumexp against SciPy, on every axis, dtype and layout."""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import fastmax
+from fastmax._kernels import schedule
+
+from . import reference as ref
+from .strategies import FLOAT_DTYPES, arrays, axes
+
+SOFTMAXES = [(fastmax.softmax, False), (fastmax.log_softmax, True)]
+
+
+def _result_dtype(dtype):
+    dtype = np.dtype(dtype)
+    return dtype if dtype.kind == "f" else np.dtype(np.float64)
+
+
+@pytest.mark.parametrize("fn, log", SOFTMAXES, ids=["softmax", "log_softmax"])
+@given(data=st.data())
+def test_softmax_family_matches_scipy(fn, log, data):
+    x = data.draw(arrays())
+    axis = data.draw(axes(x.ndim))
+    before = x.copy()
+    out = fn(x, axis=axis)
+    assert out.dtype == _result_dtype(x.dtype)
+    assert out.shape == x.shape
+    expected = ref.softmax(x, axis=axis, log=log)
+    ref.assert_matches(out, expected, x.dtype, scale=ref.magnitude(x) if log else 1.0,
+                       context=f"axis={axis}")
+    np.testing.assert_array_equal(x, before)
+
+
+@given(data=st.data())
+def test_logsumexp_matches_scipy(data):
+    x = data.draw(arrays())
+    axis = data.draw(axes(x.ndim))
+    keepdims = data.draw(st.booleans())
+    before = x.copy()
+    out, sign = fastmax.logsumexp(x, axis=axis, keepdims=keepdims, return_sign=True)
+    exp_out, exp_sign = ref.logsumexp(x, axis=axis, keepdims=keepdims, return_sign=True)
+    assert np.asarray(out).dtype == _result_dtype(x.dtype)
+    ref.assert_matches(out, exp_out, x.dtype, scale=ref.magnitude(x), context=f"axis={axis}")
+    np.testing.assert_array_equal(sign, exp_sign)
+    np.testing.assert_array_equal(x, before)
+
+
+@pytest.mark.parametrize("fn, log", SOFTMAXES, ids=["softmax", "log_softmax"])
+@given(data=st.data())
+def test_where_mask(fn, log, data):
+    x = data.draw(arrays(dtypes=FLOAT_DTYPES, min_side=1))
+    axis = data.draw(axes(x.ndim))
+    # A mask over the last axis only (broadcast) or over the whole array.
+    full = data.draw(st.booleans())
+    mshape = x.shape if full else x.shape[-1:]
+    where = data.draw(st.lists(st.booleans(), min_size=int(np.prod(mshape)),
+                               max_size=int(np.prod(mshape))))
+    where = np.array(where, dtype=bool).reshape(mshape)
+    out = fn(x, axis=axis, where=where)
+    expected = ref.softmax(x, axis=axis, where=where, log=log)
+    ref.assert_matches(out, expected, x.dtype, scale=ref.magnitude(x) if log else 1.0)
+    assert not np.isnan(out[~np.broadcast_to(where, x.shape)]).any()
+
+
+@given(data=st.data())
+def test_logsumexp_where_and_b(data):
+    x = data.draw(arrays(dtypes=[np.float32, np.float64], min_side=1, max_dims=2))
+    axis = data.draw(axes(x.ndim))
+    where = data.draw(st.one_of(st.none(), st.lists(st.booleans(), min_size=x.shape[-1],
+                                                    max_size=x.shape[-1]).map(np.array)))
+    b = data.draw(st.one_of(st.none(), st.lists(st.sampled_from([0.0, 1.0, -1.0, 0.5, 2.0]),
+                                                min_size=x.shape[-1], max_size=x.shape[-1])
+                            .map(np.array)))
+    return_sign = data.draw(st.booleans())
+    got = fastmax.logsumexp(x, axis=axis, b=b, where=where, return_sign=return_sign)
+    exp = ref.logsumexp(x, axis=axis, b=b, where=where, return_sign=return_sign)
+    dtype = x.dtype if b is None else np.float64
+    if return_sign:
+        ref.assert_matches(got[0], exp[0], dtype, scale=ref.magnitude(x))
+        np.testing.assert_array_equal(got[1], exp[1])
+    else:
+        ref.assert_matches(got, exp, dtype, scale=ref.magnitude(x))
+
+
+def test_all_masked_slices_are_zero_or_minus_inf():
+    x = np.array([[1.0, np.nan, 3.0], [4.0, 5.0, 6.0]])
+    where = np.array([[False, False, False], [True, False, True]])
+    s = fastmax.softmax(x, where=where)
+    np.testing.assert_array_equal(s[0], [0.0, 0.0, 0.0])
+    np.testing.assert_allclose(s[1], [1 / (1 + np.e**2), 0.0, np.e**2 / (1 + np.e**2)])
+    ls = fastmax.log_softmax(x, where=where)
+    np.testing.assert_array_equal(ls[0], [-np.inf] * 3)
+    assert ls[1, 1] == -np.inf
+    np.testing.assert_array_equal(fastmax.logsumexp(x, where=where)[0], -np.inf)
+    np.testing.assert_allclose(fastmax.logsumexp(x, where=where)[1], np.logaddexp(4.0, 6.0))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("temperature", [0.25, 1.0, 3.0])
+def test_temperature(dtype, temperature, rng):
+    x = rng.standard_normal((7, 33)).astype(dtype) * 4
+    for fn, log in SOFTMAXES:
+        got = fn(x, temperature=temperature)
+        ref.assert_matches(got, ref.softmax(x, temperature=temperature, log=log), dtype, scale=20)
+
+
+@pytest.mark.parametrize("fn, log", SOFTMAXES, ids=["softmax", "log_softmax"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_out_and_in_place(fn, log, dtype, rng):
+    x = rng.standard_normal((9, 40)).astype(dtype)
+    expected = fn(x)
+    out = np.empty_like(x)
+    assert fn(x, out=out) is out
+    np.testing.assert_array_equal(out, expected)
+    y = x.copy()
+    assert fn(y, out=y) is y
+    np.testing.assert_array_equal(y, expected)
+    # in place along a non-last axis and on an F-ordered array
+    z = np.asfortranarray(x)
+    fn(z, axis=0, out=z)  # row kernel here, column kernel for x: equal to rounding
+    np.testing.assert_allclose(z, fn(x, axis=0), rtol=8 * np.finfo(dtype).eps, atol=1e-30)
+    # out with a layout different from x
+    o = np.empty(x.shape[::-1], dtype).T
+    fn(x, out=o)  # strided writes: a different summation order, equal to rounding
+    np.testing.assert_allclose(o, expected, rtol=8 * np.finfo(dtype).eps, atol=1e-30)
+
+
+def test_logsumexp_out_keepdims_and_scalars(rng):
+    x = rng.standard_normal((4, 5, 6))
+    out = np.empty((4, 1, 6))
+    assert fastmax.logsumexp(x, axis=1, keepdims=True, out=out) is out
+    ref.assert_matches(out, ref.logsumexp(x, axis=1, keepdims=True), np.float64)
+    s = fastmax.logsumexp(x, axis=None)
+    assert np.ndim(s) == 0
+    ref.assert_matches(s, ref.logsumexp(x, axis=None), np.float64)
+    assert np.ndim(fastmax.softmax(np.float64(3.0), axis=None)) == 0
+    assert fastmax.softmax(np.float64(3.0), axis=None) == 1.0
+
+
+def test_empty_inputs():
+    x = np.empty((3, 0))
+    assert fastmax.softmax(x).shape == (3, 0)
+    assert fastmax.log_softmax(x, axis=0).shape == (3, 0)
+    np.testing.assert_array_equal(fastmax.logsumexp(x), [-np.inf] * 3)
+    res, sign = fastmax.logsumexp(x, return_sign=True)
+    exp_res, exp_sign = ref.logsumexp(x, return_sign=True)
+    np.testing.assert_array_equal(sign, exp_sign)
+    assert fastmax.logsumexp(np.empty((0, 4))).shape == (0,)
+    assert fastmax.logsumexp(np.empty((0, 4)), axis=0).tolist() == [-np.inf] * 4
+
+
+def test_array_likes_and_dtype_policy():
+    assert fastmax.softmax([1, 2, 3]).dtype == np.float64
+    assert fastmax.softmax(np.array([True, False])).dtype == np.float64
+    h = fastmax.softmax(np.array([1.0, 2.0], np.float16))
+    assert h.dtype == np.float16
+    np.testing.assert_allclose(h, ref.softmax(np.array([1.0, 2.0])), rtol=1e-3)
+    big_endian = np.array([1.0, 2.0, 3.0], ">f8")
+    np.testing.assert_allclose(fastmax.softmax(big_endian), ref.softmax(big_endian), rtol=1e-12)
+    assert fastmax.logsumexp(np.arange(5)).dtype == np.float64
+
+
+def test_no_copy_for_suitable_input(rng):
+    x = rng.standard_normal((16, 64)).astype(np.float32)
+    x.flags.writeable = False  # a copy would not be needed to read it
+    assert fastmax.softmax(x).dtype == np.float32
+
+
+# --- the kernel paths the scheduler picks ------------------------------------
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(
+    "shape, axis",
+    [
+        ((3, 2 * schedule.SPLIT_CHUNK + 17), -1),   # few long rows: split across threads
+        ((5, schedule.CACHED_ROW_BYTES // 4 + 3), -1),  # rows too long to stay cached
+        ((300, 9), 0),                              # column kernel, several column blocks
+        ((2 * schedule.COLUMN_ROWS + 5, 600), 0),   # column kernel, several row blocks
+        ((40_000, 3), -1),                          # many short rows, parallel
+    ],
+)
+def test_kernel_paths(dtype, shape, axis, rng):
+    x = (rng.standard_normal(shape) * 10).astype(dtype)
+    x.flat[7] = -np.inf
+    x.flat[x.size // 2] = np.nan
+    x.flat[x.size // 3] = np.inf
+    for fn, log in SOFTMAXES:
+        got = fn(x, axis=axis)
+        ref.assert_matches(got, ref.softmax(x, axis=axis, log=log), dtype, scale=50, context=fn.__name__)
+    got = fastmax.logsumexp(x, axis=axis)
+    ref.assert_matches(got, ref.logsumexp(x, axis=axis), dtype, scale=50)
+
+
+def test_leading_minus_inf_blocks_do_not_poison_the_sum(rng):
+    # -inf for the first blocks of a long row (and of a column), then finite values.
+    x = rng.standard_normal(5 * 2048 + 11)
+    x[: 3 * 2048] = -np.inf
+    for fn, log in SOFTMAXES:
+        ref.assert_matches(fn(x), ref.softmax(x, log=log), np.float64, scale=10)
+        col = np.repeat(x[:, None], 3, axis=1)
+        ref.assert_matches(fn(col, axis=0), ref.softmax(col, axis=0, log=log), np.float64, scale=10)
+    ref.assert_matches(fastmax.logsumexp(x), ref.logsumexp(x), np.float64, scale=10)
+
+
+def test_float32_accuracy_on_a_4m_row(rng):
+    x = rng.standard_normal(4 * 1024 * 1024).astype(np.float32) * 3
+    exact = ref.softmax(x)
+    got = fastmax.softmax(x)
+    np.testing.assert_allclose(got, exact, rtol=1e-5, atol=0)
+    np.testing.assert_allclose(fastmax.logsumexp(x), ref.logsumexp(x), rtol=1e-6)
+    big = x.reshape(1, -1)
+    np.testing.assert_allclose(fastmax.softmax(big, axis=-1)[0], exact, rtol=1e-5, atol=0)
+
+
+def test_results_do_not_depend_on_thread_count(rng):
+    x = rng.standard_normal((2, 3 * schedule.SPLIT_CHUNK + 5)).astype(np.float32)
+    y = rng.standard_normal((20_000, 50))
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = [fastmax.softmax(x), fastmax.logsumexp(x), fastmax.softmax(y, axis=0)]
+        numba.set_num_threads(before)
+        many = [fastmax.softmax(x), fastmax.logsumexp(x), fastmax.softmax(y, axis=0)]
+    finally:
+        numba.set_num_threads(before)
+    for a, b in zip(one, many):
+        np.testing.assert_array_equal(a, b)
