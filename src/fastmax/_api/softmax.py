@@ -91,7 +91,8 @@ def _softmax_family(x, axis, out, where, temperature, log: bool, func: str):
         src_rows = dst_rows
     _softmax_rows(src_rows, dst_rows, _mask_rows(mask, axes), scale, log)
     if dst is not result:
-        np.copyto(result, dst, casting="unsafe")
+        with np.errstate(over="ignore"):  # float16 results may overflow to ±inf
+            np.copyto(result, dst, casting="unsafe")
     if result.ndim == 0 and out is None:
         return result[()]
     return result

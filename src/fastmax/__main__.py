@@ -1,0 +1,309 @@
+"""``python -m fastmax``: check fastmax against SciPy here, then time it.
+
+The speed table gives, per op, dtype and shape class: fastmax's time, the
+ratio to the copy floor measured in the same run (1.0 is the memory-bandwidth
+limit), GB/s, and speed-ups over SciPy, NumPy and PyTorch (when installed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Op:
+    name: str
+    floor: str  # "copy": reads and writes the array; "read": only reads it
+    fastmax: Callable
+    scipy: Callable
+    numpy: Callable
+    torch: Callable | None
+
+
+def _numpy_softmax(x, axis):
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def _numpy_log_softmax(x, axis):
+    s = x - x.max(axis=axis, keepdims=True)
+    return s - np.log(np.exp(s).sum(axis=axis, keepdims=True))
+
+
+def _numpy_logsumexp(x, axis):
+    m = x.max(axis=axis, keepdims=True)
+    return (m + np.log(np.exp(x - m).sum(axis=axis, keepdims=True))).squeeze(axis)
+
+
+def operations(torch=None) -> dict[str, Op]:
+    import scipy.special as sp
+
+    import fastmax
+
+    tf = None if torch is None else torch.nn.functional
+    return {
+        "softmax": Op("softmax", "copy", fastmax.softmax, sp.softmax, _numpy_softmax,
+                      None if tf is None else (lambda t, axis: tf.softmax(t, dim=axis))),
+        "log_softmax": Op("log_softmax", "copy", fastmax.log_softmax, sp.log_softmax,
+                          _numpy_log_softmax,
+                          None if tf is None else (lambda t, axis: tf.log_softmax(t, dim=axis))),
+        "logsumexp": Op("logsumexp", "read", fastmax.logsumexp, sp.logsumexp, _numpy_logsumexp,
+                        None if torch is None else (lambda t, axis: torch.logsumexp(t, dim=axis))),
+    }
+
+
+def _import_torch():
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+def self_check(ops: dict[str, Op]) -> list[str]:
+    """Compare every op with SciPy on random and edge-value inputs; return failures."""
+    rng = np.random.default_rng(0)
+    failures = []
+    for dtype, rtol in ((np.float64, 1e-12), (np.float32, 2e-5)):
+        for shape, axis in (((17, 33), -1), ((5, 3000), 0), ((2, 3, 70_000), (0, 2)), ((200_000,), -1)):
+            x = (rng.standard_normal(shape) * 5).astype(dtype)
+            x.flat[3] = np.nan
+            x.flat[x.size // 2] = -np.inf
+            for op in ops.values():
+                got = np.asarray(op.fastmax(x, axis=axis), np.float64)
+                with np.errstate(all="ignore"):
+                    want = np.asarray(op.scipy(x.astype(np.float64), axis=axis), np.float64)
+                if not np.allclose(got, want, rtol=rtol, atol=rtol * 50, equal_nan=True):
+                    failures.append(f"{op.name} {np.dtype(dtype).name} shape={shape} axis={axis}")
+    return failures
+
+
+@dataclass
+class Row:
+    op: str
+    dtype: str
+    shape_class: str
+    shape: list
+    axis: int
+    fastmax_ms: float
+    floor_ms: float
+    floor_ratio: float
+    gb_per_s: float
+    scipy_ms: float | None
+    numpy_ms: float | None
+    torch_ms: float | None
+
+
+def _progress(done: int, total: int, label: str) -> None:
+    if not sys.stderr.isatty() and os.environ.get("CI"):
+        return
+    width = 30
+    filled = width * done // max(total, 1)
+    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {label:<40.40}")
+    sys.stderr.flush()
+    if done == total:
+        sys.stderr.write("\n")
+
+
+def run_speed(ops, shapes, dtypes, repeat, baselines, torch) -> list[Row]:
+    from . import _bench
+
+    rows = []
+    total = len(shapes) * len(dtypes) * len(ops)
+    done = 0
+    for cls, (shape, axis) in shapes.items():
+        for dtype in dtypes:
+            x = _bench.input_array(shape, dtype)
+            floor = _bench.floors(x, repeat)
+            xt = torch.from_numpy(x) if torch is not None else None
+            for op in ops.values():
+                _progress(done, total, f"{op.name} {np.dtype(dtype).name} {cls}")
+                op.fastmax(x, axis=axis)  # compile / warm up outside the timing
+                t_fm = _bench.median_time(lambda: op.fastmax(x, axis=axis), repeat)
+                floor_t = floor.copy if op.floor == "copy" else floor.read
+                nbytes = x.nbytes * (2 if op.floor == "copy" else 1)
+                t_sp = t_np = t_th = None
+                if baselines and x.nbytes <= 600 * 2**20:
+                    with np.errstate(all="ignore"):
+                        t_sp = _bench.median_time(lambda: op.scipy(x, axis=axis), max(3, repeat // 3))
+                        t_np = _bench.median_time(lambda: op.numpy(x, axis=axis), max(3, repeat // 3))
+                if op.torch is not None and xt is not None:
+                    op.torch(xt, axis)
+                    t_th = _bench.median_time(lambda: op.torch(xt, axis), repeat)
+                rows.append(Row(
+                    op=op.name, dtype=np.dtype(dtype).name, shape_class=cls, shape=list(shape),
+                    axis=axis, fastmax_ms=t_fm * 1e3, floor_ms=floor_t * 1e3,
+                    floor_ratio=t_fm / floor_t, gb_per_s=_bench.gigabytes_per_second(nbytes, t_fm),
+                    scipy_ms=None if t_sp is None else t_sp * 1e3,
+                    numpy_ms=None if t_np is None else t_np * 1e3,
+                    torch_ms=None if t_th is None else t_th * 1e3,
+                ))
+                done += 1
+            del x, xt
+    _progress(total, total, "done")
+    return rows
+
+
+def _speedup(base, t):
+    return "—" if base is None else f"{base / t:.1f}×"
+
+
+def format_table(rows: list[Row]) -> str:
+    head = ("| op | dtype | shape | fastmax ms | × copy floor | GB/s | vs SciPy | vs NumPy | vs PyTorch |\n"
+            "|---|---|---|---:|---:|---:|---:|---:|---:|")
+    lines = [head]
+    for r in rows:
+        shape = "×".join(str(n) for n in r.shape) + ("" if r.axis == -1 else f" (axis {r.axis})")
+        lines.append(
+            f"| {r.op} | {r.dtype} | {r.shape_class} {shape} | {r.fastmax_ms:.3f} | {r.floor_ratio:.2f} "
+            f"| {r.gb_per_s:.1f} | {_speedup(r.scipy_ms, r.fastmax_ms)} | {_speedup(r.numpy_ms, r.fastmax_ms)} "
+            f"| {_speedup(r.torch_ms, r.fastmax_ms)} |"
+        )
+    return "\n".join(lines)
+
+
+def info() -> dict:
+    """Versions, threading layer, threads, cache location and CPU features."""
+    import llvmlite
+    import numba
+    import scipy
+    from llvmlite import binding
+
+    import fastmax
+
+    torch = _import_torch()
+    try:
+        layer = numba.threading_layer()
+    except ValueError:  # no parallel kernel has run yet
+        from . import _bench
+
+        _bench.parallel_read(np.zeros(4))
+        layer = numba.threading_layer()
+    features = [f[1:] for f in binding.get_host_cpu_features().flatten().split(",") if f.startswith("+")]
+    return {
+        "fastmax": fastmax.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "numba": numba.__version__,
+        "llvmlite": llvmlite.__version__,
+        "torch": None if torch is None else torch.__version__,
+        "threading_layer": layer,
+        "threads": numba.get_num_threads(),
+        "cache_dir": numba.config.CACHE_DIR or "(next to the package sources, else the user cache)",
+        "cpu": binding.get_host_cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "cpu_features": sorted(f for f in features if f.startswith(("avx", "fma", "sse4", "f16c"))),
+        "numba_cpu_features_override": numba.config.CPU_FEATURES is not None,
+    }
+
+
+def plot(rows: list[Row], path: str) -> None:
+    """A bar chart of each op's ratio to the copy floor and its speed-up over SciPy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r.op}\n{r.dtype} {r.shape_class}" for r in rows]
+    fig, axes = plt.subplots(2, 1, figsize=(max(8, 0.45 * len(rows)), 8), sharex=True)
+    pos = np.arange(len(rows))
+    axes[0].bar(pos, [r.floor_ratio for r in rows], color="tab:blue")
+    axes[0].axhline(1.0, color="k", lw=0.8)
+    axes[0].set_ylabel("time / copy floor (lower is better)")
+    axes[0].set_title("fastmax: closeness to the memory-bandwidth limit")
+    su = [(r.scipy_ms / r.fastmax_ms) if r.scipy_ms else 0 for r in rows]
+    st = [(r.torch_ms / r.fastmax_ms) if r.torch_ms else 0 for r in rows]
+    axes[1].bar(pos - 0.2, su, width=0.4, label="vs SciPy", color="tab:orange")
+    if any(st):
+        axes[1].bar(pos + 0.2, st, width=0.4, label="vs PyTorch", color="tab:green")
+    axes[1].set_yscale("log")
+    axes[1].axhline(1.0, color="k", lw=0.8)
+    axes[1].set_ylabel("speed-up (×, log scale)")
+    axes[1].legend()
+    axes[1].set_xticks(pos, labels, rotation=90, fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fastmax", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ops", default="all", help="comma-separated ops (default: all)")
+    parser.add_argument("--shapes", default=None,
+                        help="comma-separated shape classes (tall, classic, vocab, wide, row, axis0, incache, small)")
+    parser.add_argument("--dtypes", default="float32,float64", help="comma-separated dtypes")
+    parser.add_argument("--threads", type=int, default=None, help="Numba threads (default: all cores)")
+    parser.add_argument("--full", action="store_true", help="the full-size shapes of PERF.md (needs ~2 GiB)")
+    parser.add_argument("--repeat", type=int, default=15, help="timings per measurement (median)")
+    parser.add_argument("--no-baselines", action="store_true", help="skip the SciPy/NumPy timings")
+    parser.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
+    parser.add_argument("--json", metavar="PATH", help="write machine-readable results")
+    parser.add_argument("--plot", metavar="PATH", help="write a PNG chart (needs matplotlib)")
+    parser.add_argument("--info", action="store_true", help="print versions and machine facts, then exit")
+    parser.add_argument("--skip-check", action="store_true", help="skip the self-check against SciPy")
+    args = parser.parse_args(argv)
+
+    import numba
+
+    if args.threads:
+        numba.set_num_threads(args.threads)
+    if args.info:
+        print(json.dumps(info(), indent=2))
+        return 0
+
+    torch = None if args.no_torch else _import_torch()
+    if torch is not None:
+        torch.set_num_threads(numba.get_num_threads())
+    ops = operations(torch)
+    if args.ops != "all":
+        unknown = set(args.ops.split(",")) - set(ops)
+        if unknown:
+            parser.error(f"unknown ops {sorted(unknown)}; choose from {sorted(ops)}")
+        ops = {k: v for k, v in ops.items() if k in args.ops.split(",")}
+    from . import _bench
+
+    shapes = _bench.SHAPES_FULL if args.full else _bench.SHAPES_DEFAULT
+    if args.shapes:
+        unknown = set(args.shapes.split(",")) - set(shapes)
+        if unknown:
+            parser.error(f"unknown shapes {sorted(unknown)}; choose from {sorted(shapes)}")
+        shapes = {k: v for k, v in shapes.items() if k in args.shapes.split(",")}
+    dtypes = [np.dtype(d) for d in args.dtypes.split(",")]
+
+    if not args.skip_check:
+        print("Self-check against SciPy ...", flush=True)
+        failures = self_check(ops)
+        if failures:
+            print("FAILED:\n  " + "\n  ".join(failures))
+            return 1
+        print(f"  ok: {len(ops)} ops × 2 dtypes × 4 shapes/axes agree with SciPy (NaN and -inf included)")
+
+    print(f"Timing on {numba.get_num_threads()} threads (ratios from one run; see PERF.md) ...", flush=True)
+    rows = run_speed(ops, shapes, dtypes, args.repeat, not args.no_baselines, torch)
+    print(format_table(rows))
+    facts = info()
+    print(f"\n{facts['cpu']} ({facts['cpu_count']} CPUs), Python {facts['python']}, NumPy {facts['numpy']}, "
+          f"SciPy {facts['scipy']}, Numba {facts['numba']}, PyTorch {facts['torch'] or 'not installed'}, "
+          f"threading layer {facts['threading_layer']}")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"info": facts, "results": [asdict(r) for r in rows]}, fh, indent=2)
+        print(f"wrote {args.json}")
+    if args.plot:
+        plot(rows, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""Timing against the copy floor, shared by ``python -m fastmax`` and the benchmarks.
+
+Every ratio is taken in one process, on one array, in one run (PERF.md): the
+floor and the op are timed interleaved, and medians are compared.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+from numba import njit, prange
+
+from ._config import JIT
+
+#: The shape classes of PERF.md: name -> (shape, axis).
+SHAPES_FULL = {
+    "tall": ((4_194_304, 8), -1),
+    "classic": ((32768, 1000), -1),
+    "vocab": ((2048, 32000), -1),
+    "wide": ((128, 262144), -1),
+    "row": ((1, 33_554_432), -1),
+    "axis0": ((32768, 1000), 0),
+    "incache": ((1024, 1000), -1),
+    "small": ((64, 100), -1),
+}
+#: A quicker default set with the same character (under a minute in all).
+SHAPES_DEFAULT = {
+    "tall": ((1_048_576, 8), -1),
+    "classic": ((8192, 1000), -1),
+    "vocab": ((512, 32000), -1),
+    "row": ((1, 8_388_608), -1),
+    "axis0": ((8192, 1000), 0),
+    "incache": ((1024, 1000), -1),
+    "small": ((64, 100), -1),
+}
+
+
+@njit(parallel=True, **JIT)
+def parallel_copy(src, dst):
+    """Copy flat arrays in blocks over all threads."""
+    n = src.size
+    n_blocks = 64
+    for k in prange(n_blocks):
+        for i in range(k * n // n_blocks, (k + 1) * n // n_blocks):
+            dst[i] = src[i]
+
+
+@njit(parallel=True, **JIT)
+def parallel_read(src):
+    """Read a flat array in blocks over all threads (the read floor)."""
+    n = src.size
+    n_blocks = 64
+    partial = np.zeros(n_blocks)
+    for k in prange(n_blocks):
+        partial[k] = np.sum(src[k * n // n_blocks : (k + 1) * n // n_blocks])
+    return partial.sum()
+
+
+def median_time(fn: Callable[[], object], repeat: int, budget: float = 2.0) -> float:
+    """Median wall time of ``fn`` over ``repeat`` calls (fewer if over ``budget`` s)."""
+    times = []
+    start = time.perf_counter()
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+        if time.perf_counter() - start > budget and len(times) >= 3:
+            break
+    return float(np.median(times))
+
+
+@dataclass
+class Floors:
+    copy: float
+    read: float
+
+
+def floors(x: np.ndarray, repeat: int) -> Floors:
+    """The copy floor (best of ``np.copyto`` and a parallel copy) and the read floor."""
+    flat = x.reshape(-1)
+    dst = np.empty_like(flat)
+    parallel_copy(flat, dst)
+    parallel_read(flat)
+    copy = min(
+        median_time(lambda: np.copyto(dst, flat), repeat),
+        median_time(lambda: parallel_copy(flat, dst), repeat),
+    )
+    read = median_time(lambda: parallel_read(flat), repeat)
+    return Floors(copy=copy, read=read)
+
+
+def input_array(shape: tuple[int, ...], dtype, seed: int = 0) -> np.ndarray:
+    """Seeded logits-like data (standard normal times 4)."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape, dtype=np.float32 if np.dtype(dtype) == np.float32 else np.float64)
+    x *= 4
+    return x.astype(dtype, copy=False)
+
+
+def gigabytes_per_second(nbytes: int, seconds: float) -> float:
+    return nbytes / seconds / 1e9 if seconds > 0 else math.inf
