@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 from numba import njit, prange
 
-from ._config import JIT
+from ._config import FASTMATH, JIT
 
 #: The shape classes of PERF.md: name -> (shape, axis).
 SHAPES_FULL = {
@@ -49,7 +49,7 @@ def parallel_copy(src, dst):
             dst[i] = src[i]
 
 
-@njit(parallel=True, **JIT)
+@njit(parallel=True, fastmath=FASTMATH, **JIT)
 def parallel_read(src):
     """Read a flat array in blocks over all threads (the read floor)."""
     n = src.size

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from .._kernels import softmax as K
-from .._kernels.schedule import SPLIT_CHUNK, cached_rows, split_rows
+from .._kernels.schedule import SPLIT_CHUNK, cached_rows, row_blocks, split_rows
 from .._layout import (
     contiguous_for_rows,
     empty_for_rows,
@@ -50,12 +50,13 @@ def _softmax_rows(src: np.ndarray, dst: np.ndarray, mask, scale, log: bool) -> N
     if mask is not None:
         K.softmax_rows_masked(size, src, mask, dst, scale, log)
     elif unit_stride(src, 1) and unit_stride(dst, 1) and split_rows(n_rows, n_cols):
-        m, rest, count = K.row_stats_split(size, src, scale, SPLIT_CHUNK)
-        K.softmax_rows_split(size, src, dst, scale, log, SPLIT_CHUNK, m, rest + count)
+        m, total = K.row_stats_split(size, src, scale, SPLIT_CHUNK)
+        K.softmax_rows_split(size, src, dst, scale, log, SPLIT_CHUNK, m, total)
     elif n_cols > 1 and unit_stride(src, 0) and unit_stride(dst, 0) and not unit_stride(src, 1):
         K.softmax_cols(size, src.T, dst.T, scale, log)
     else:
-        K.softmax_rows(size, src, dst, scale, log, cached_rows(n_cols, src.itemsize))
+        cached = cached_rows(n_cols, src.itemsize)
+        K.softmax_rows(size, src, dst, scale, log, cached, row_blocks(n_rows))
 
 
 def _softmax_family(x, axis, out, where, temperature, log: bool, func: str):
@@ -155,12 +156,12 @@ def _logsumexp_rows(src: np.ndarray, res: np.ndarray) -> None:
     size = src.size
     one = src.dtype.type(1.0)
     if unit_stride(src, 1) and split_rows(n_rows, n_cols):
-        m, rest, count = K.row_stats_split(size, src, one, SPLIT_CHUNK)
-        K.logsumexp_of_stats(m, rest, count, res)
+        m, total = K.row_stats_split(size, src, one, SPLIT_CHUNK)
+        K.logsumexp_of_stats(src, one, m, total, res)
     elif n_cols > 1 and unit_stride(src, 0) and not unit_stride(src, 1):
         K.logsumexp_cols(size, src.T, one, res)
     else:
-        K.logsumexp_rows(size, src, one, res)
+        K.logsumexp_rows(size, src, one, res, row_blocks(n_rows))
 
 
 def _sign_of_logsumexp(res: np.ndarray) -> np.ndarray:

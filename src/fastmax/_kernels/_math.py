@@ -2,7 +2,7 @@
 
 * :func:`exp` — an exp that LLVM vectorizes (pip's llvmlite has no SVML, so
   ``np.exp`` inside a jitted loop stays a scalar call).  Range reduction
-  ``x = n·ln2 + r`` with ``|r| <= ln2/2``, a Taylor polynomial for ``e^r`` and
+  ``x = n·ln2 + r`` with ``|r| <= ln2/2``, a polynomial for ``e^r`` and
   ``2^n`` built from exponent bits in two halves (so results that underflow
   into the subnormal range are rounded once and ``exp(+inf)``, ``exp(-inf)``
   and ``exp(nan)`` come out as IEEE says).
@@ -75,6 +75,14 @@ _LN2_HI = 6.93147180369123816490e-01  # ln 2 with trailing zero bits: n*_LN2_HI 
 _LN2_LO = 1.90821492927058770002e-10
 _EXP64_LO = -746.0  # below: exp underflows to +0
 _EXP64_HI = 710.0  # above: exp overflows to +inf
+# Coefficients of e^r on [-ln2/2, ln2/2] interpolated at Chebyshev nodes
+# (computed in 60-digit arithmetic, rounded to float64).
+_P64 = (
+    1.0, 1.0000000000000067, 0.5000000000000006, 0.16666666666554406,
+    0.04166666666657314, 0.008333333385667782, 0.0013888888932488599,
+    0.00019841170270440067, 2.4801504346997686e-05, 2.764018079620985e-06,
+    2.7626357241447223e-07,
+)
 
 
 @njit(fastmath=EXACT_MATH, cache=True)
@@ -85,18 +93,15 @@ def _exp64(x):
     n = np.floor(xc * _LOG2E + 0.5)
     r = xc - n * _LN2_HI
     r = r - n * _LN2_LO
-    # e^r, Taylor to degree 13 (truncation error < 5e-18 for |r| <= ln2/2),
-    # evaluated by Estrin's scheme: a dependency chain of 4 FMAs, not 13.
+    # e^r by a degree-10 polynomial interpolating e^r at the Chebyshev nodes of
+    # [-ln2/2, ln2/2] (max relative error 3.3e-16), evaluated by Estrin's
+    # scheme: a dependency chain of 4 FMAs, and 3 fewer than Taylor would need.
     r2 = r * r
     r4 = r2 * r2
-    r8 = r4 * r4
-    q0 = (1.0 + r) + (0.5 + r * (1.0 / 6.0)) * r2
-    q1 = (1.0 / 24.0 + r * (1.0 / 120.0)) + (1.0 / 720.0 + r * (1.0 / 5040.0)) * r2
-    q2 = (1.0 / 40320.0 + r * (1.0 / 362880.0)) + (
-        1.0 / 3628800.0 + r * (1.0 / 39916800.0)
-    ) * r2
-    q3 = 1.0 / 479001600.0 + r * (1.0 / 6227020800.0)
-    p = (q0 + q1 * r4) + (q2 + q3 * r4) * r8
+    q0 = (_P64[0] + _P64[1] * r) + (_P64[2] + _P64[3] * r) * r2
+    q1 = (_P64[4] + _P64[5] * r) + (_P64[6] + _P64[7] * r) * r2
+    q2 = (_P64[8] + _P64[9] * r) + _P64[10] * r2
+    p = (q0 + q1 * r4) + q2 * (r4 * r4)
     # 2^n as two normal powers of two; NaN's n is replaced by 0 (p is NaN anyway).
     ni = np.int64(n if n == n else 0.0)
     n1 = ni >> 1
@@ -112,8 +117,13 @@ _LN2_LO_F = _F32(-2.12194440e-4)
 _EXP32_LO = _F32(-104.0)
 _EXP32_HI = _F32(89.0)
 _HALF_F = _F32(0.5)
-_C2, _C3, _C4, _C5, _C6, _C7 = (_F32(1.0 / k) for k in (2.0, 6.0, 24.0, 120.0, 720.0, 5040.0))
-_ONE_F = _F32(1.0)
+_P32 = tuple(
+    _F32(c)
+    for c in (
+        1.0000001192092896, 1.0, 0.49998870491981506, 0.16666504740715027,
+        0.041917506605386734, 0.008369148708879948,
+    )
+)
 
 
 @njit(fastmath=EXACT_MATH, cache=True)
@@ -123,12 +133,9 @@ def _exp32(x):
     n = np.floor(xc * _LOG2E_F + _HALF_F)
     r = xc - n * _LN2_HI_F
     r = r - n * _LN2_LO_F
-    # e^r, Taylor to degree 7 (truncation error < 6e-9 for |r| <= ln2/2), Estrin.
+    # e^r by a degree-5 Chebyshev-node interpolant (max relative error 1.6e-7), Estrin.
     r2 = r * r
-    r4 = r2 * r2
-    q0 = (_ONE_F + r) + (_C2 + r * _C3) * r2
-    q1 = (_C4 + r * _C5) + (_C6 + r * _C7) * r2
-    p = q0 + q1 * r4
+    p = (_P32[0] + _P32[1] * r) + (_P32[2] + _P32[3] * r) * r2 + (_P32[4] + _P32[5] * r) * (r2 * r2)
     ni = np.int32(n if n == n else _F32(0.0))
     n1 = ni >> np.int32(1)
     n2 = ni - n1

@@ -5,7 +5,9 @@ view's own floating type; sums of exponentials accumulate in float64, so a
 float32 row of millions of elements keeps float32 accuracy.
 
 ``scale`` multiplies every element before use (``1/temperature``); as it is
-positive, ``max(x) * scale == max(x * scale)`` exactly.
+positive, ``max(x) * scale == max(x * scale)`` exactly.  A row's statistics
+are ``(m, total)``: its max (NaN-propagating, as ``np.max``) and
+``sum(exp(x * scale - m))``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ from ._math import exp, fmaximum, like
 
 #: Elements per block of the online max+sum: small enough to stay in L1.
 BLOCK = 2048
+#: logsumexp results smaller than this are recomputed in SciPy's more precise
+#: form (below it, ``m + log(total)`` loses relative accuracy to cancellation).
+NEAR_ZERO = 1e-2
 
 
 @njit(fastmath=FASTMATH, **JIT)
@@ -31,30 +36,30 @@ def row_max(x):
     return m
 
 
-@njit(fastmath=FASTMATH, **JIT)
-def row_sumexp(x, scale, shift):
-    """``sum(exp(x * scale - shift))`` accumulated in float64."""
-    s = 0.0
+@njit(fastmath=FASTMATH, inline="always", **JIT)
+def sumexp_next_max(x, nxt, scale, shift):
+    """``sum(exp(x * scale - shift))`` in float64 and, in the same loop, the max
+    of ``nxt`` (at least as long as ``x``): the next row or block streams in
+    from memory while this one's exponentials are computed from cache."""
+    total = 0.0
+    m_next = nxt[0]
     for i in range(x.size):
-        s += np.float64(exp(x[i] * scale - shift))
-    return s
+        total += np.float64(exp(x[i] * scale - shift))
+        m_next = fmaximum(m_next, nxt[i])
+    return total, m_next
 
 
 @njit(fastmath=FASTMATH, **JIT)
 def row_sumexp_split(x, scale, shift):
-    """Like :func:`row_sumexp`, but leaves out the elements equal to ``shift``.
-
-    Returns ``(sum over the others, how many equal shift)``: logsumexp adds the
-    count back through ``log1p`` for accuracy, as SciPy does.
-    """
-    s = 0.0
+    """``(sum of exp(v - shift) over v != shift, how many v == shift)``, ``v = x * scale``."""
+    rest = 0.0
     count = 0
     for i in range(x.size):
         v = x[i] * scale
         hit = v == shift
         count += hit
-        s += 0.0 if hit else np.float64(exp(v - shift))
-    return s, count
+        rest += 0.0 if hit else np.float64(exp(v - shift))
+    return rest, count
 
 
 @njit(fastmath=FASTMATH, **JIT)
@@ -65,60 +70,67 @@ def is_dominant(m):
 
 @njit(fastmath=FASTMATH, **JIT)
 def row_max_sumexp(x, scale):
-    """Online max and split sum in one read of the row, block by block.
+    """Online ``(m, total)`` in one read of the row, block by block.
 
-    Returns ``(m, rest, count)`` with ``m = max(x * scale)`` (NaN-propagating)
-    and ``rest, count`` as :func:`row_sumexp_split` relative to ``m``.
-    When ``m`` is NaN, +inf or -inf, ``rest`` and ``count`` are meaningless:
-    callers handle such rows on their own path.
+    When ``m`` is NaN, +inf or -inf, ``total`` is meaningless: callers turn
+    such rows into SciPy's answers through :func:`finish`-style rules.
     """
     n = x.size
     neg_inf = like(-np.inf, scale)
     m = neg_inf
-    rest = 0.0
-    count = 0
+    total = 0.0
+    block_max = row_max(x[: min(BLOCK, n)])
     for b0 in range(0, n, BLOCK):
         block = x[b0 : min(b0 + BLOCK, n)]
-        bm = row_max(block) * scale
+        bm = block_max * scale
         if is_dominant(bm):
             # NaN anywhere wins over +inf: finish the max over the whole row.
-            return row_max(x) * scale, math.nan, 0
+            return row_max(x) * scale, math.nan
         if bm > m:
             if m > neg_inf:
-                rest = (rest + count) * math.exp(np.float64(m) - np.float64(bm))
-            count = 0
+                total *= math.exp(np.float64(m) - np.float64(bm))
             m = bm
+        # The next block's max is read in the same loop when it is a full block.
+        full_next = b0 + 2 * BLOCK <= n
+        nxt = x[b0 + BLOCK : b0 + 2 * BLOCK] if full_next else block
         if m > neg_inf:
-            s, c = row_sumexp_split(block, scale, m)
-            rest += s
-            count += c
-    return m, rest, count
+            s, next_max = sumexp_next_max(block, nxt, scale, m)
+            total += s
+        else:
+            next_max = row_max(nxt)
+        if not full_next and b0 + BLOCK < n:
+            next_max = row_max(x[b0 + BLOCK :])
+        block_max = next_max
+    return m, total
 
 
 @njit(fastmath=FASTMATH, **JIT)
-def merge_max_sumexp(m_parts, rest_parts, count_parts):
-    """Merge per-chunk ``(m, rest, count)`` of one row, in order (deterministic)."""
+def merge_max_sumexp(m_parts, total_parts):
+    """Merge per-chunk ``(m, total)`` of one row, in order (deterministic)."""
     neg_inf = like(-np.inf, m_parts[0])
     m = row_max(m_parts)
     if is_dominant(m) or not (m > neg_inf):
-        return m, math.nan, 0
-    rest = 0.0
-    count = 0
+        return m, math.nan
+    total = 0.0
     for k in range(m_parts.size):
         mk = m_parts[k]
-        if not (mk > neg_inf):
-            continue
-        if mk == m:
-            rest += rest_parts[k]
-            count += count_parts[k]
-        else:
-            rest += (rest_parts[k] + count_parts[k]) * math.exp(np.float64(mk) - np.float64(m))
-    return m, rest, count
+        if mk > neg_inf:
+            total += total_parts[k] * math.exp(np.float64(mk) - np.float64(m))
+    return m, total
 
 
 @njit(fastmath=FASTMATH, **JIT)
-def logsumexp_from_stats(m, rest, count):
-    """``m + log(count + rest)`` in SciPy's form, float64; non-finite ``m`` passes through."""
+def logsumexp_of_row(x, scale, m, total):
+    """``log(sum(exp(x * scale)))`` from the row's ``(m, total)``, as float64.
+
+    Results near zero, where ``m + log(total)`` has lost relative accuracy,
+    are recomputed from the row in SciPy's form ``m + log(count) + log1p(rest/count)``.
+    Non-finite ``m`` passes through (NaN, +inf, or -inf for an all -inf row).
+    """
     if not math.isfinite(m):
         return np.float64(m)
-    return math.log1p(rest / count) + math.log(count) + np.float64(m)
+    res = np.float64(m) + math.log(total)
+    if abs(res) < NEAR_ZERO:
+        rest, count = row_sumexp_split(x, scale, m)
+        res = math.log1p(rest / count) + math.log(count) + np.float64(m)
+    return res

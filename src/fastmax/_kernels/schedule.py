@@ -60,6 +60,11 @@ def split_rows(n_rows: int, n_cols: int) -> bool:
     return n_rows < 2 * numba.get_num_threads() and n_cols >= 2 * SPLIT_CHUNK
 
 
+def row_blocks(n_rows: int) -> int:
+    """Blocks of consecutive rows for the pipelined row kernels (a few per thread)."""
+    return max(1, min(n_rows, 4 * numba.get_num_threads()))
+
+
 def cached_rows(n_cols: int, itemsize: int) -> bool:
     """Whether a row stays in cache between the passes of the row kernels."""
     return n_cols * itemsize <= CACHED_ROW_BYTES

@@ -20,10 +20,12 @@ from numba import njit, prange
 from .._config import EXACT_MATH, FASTMATH, JIT
 from ._math import exp, fmaximum, like
 from .reduce import (
-    logsumexp_from_stats,
+    BLOCK,
+    logsumexp_of_row,
     merge_max_sumexp,
     row_max,
     row_max_sumexp,
+    sumexp_next_max,
 )
 from .schedule import COLUMN_BLOCK, COLUMN_ROWS, driver
 
@@ -95,79 +97,108 @@ def write_row_per_column(x, out, scale, shift, factor, log):
 
 
 @njit(fastmath=FASTMATH, inline="always", **JIT)
-def _exp_store_sum(x, out, scale, m):
+def _exp_store_sum_next_max(x, out, nxt, scale, m):
+    """``out = exp(x*scale - m)``, its float64 sum, and the max of the next row.
+
+    Reading the next row (a DRAM stream) in the loop that computes this row's
+    exponentials (from cache) overlaps memory traffic with arithmetic.
+    """
     total = 0.0
+    m_next = nxt[0]
     for i in range(x.size):
         e = exp(x[i] * scale - m)
         out[i] = e
         total += np.float64(e)
-    return total
+        m_next = fmaximum(m_next, nxt[i])
+    return total, m_next
 
 
 @njit(fastmath=FASTMATH, **JIT)
-def softmax_row_cached(x, out, scale):
-    """softmax of a row that stays in cache: max, exp+store+sum, scale (one exp each)."""
-    m = row_max(x) * scale
-    if same_buffer(x, out):
-        total = _exp_store_sum(out, out, scale, m)
-    else:
-        total = _exp_store_sum(x, out, scale, m)
-    shift, factor = finish(m, total, False)
-    if shift != m:  # non-finite max: the stored values are not the answer
-        write_row(x, out, scale, shift, factor, False)
-        return
-    for i in range(x.size):
-        out[i] *= factor
+def softmax_rows_cached_block(x, out, scale, log, r0, r1):
+    """softmax / log_softmax of rows ``r0:r1`` that fit in cache, pipelined:
+    each row's exp pass also reads the next row's max (one exp per element)."""
+    in_place = same_buffer(x, out)
+    m_next = row_max(x[r0])
+    for r in range(r0, r1):
+        nxt = x[min(r + 1, r1 - 1)]
+        m = m_next * scale
+        if log:
+            total, m_next = sumexp_next_max(x[r], nxt, scale, m)
+            shift, factor = finish(m, total, True)
+            write_row(x[r], out[r], scale, shift, factor, True)
+            continue
+        orow = out[r]
+        if in_place:
+            total, m_next = _exp_store_sum_next_max(orow, orow, nxt, scale, m)
+        else:
+            total, m_next = _exp_store_sum_next_max(x[r], orow, nxt, scale, m)
+        shift, factor = finish(m, total, False)
+        if shift != m:  # non-finite max: the answer is NaN whatever was stored
+            write_row(orow, orow, scale, shift, factor, False)
+            continue
+        for i in range(orow.size):
+            orow[i] *= factor
 
 
 @njit(fastmath=FASTMATH, **JIT)
-def softmax_row(x, out, scale, log, cached):
-    if cached and not log:
-        softmax_row_cached(x, out, scale)
-        return
-    m, rest, count = row_max_sumexp(x, scale)
-    shift, factor = finish(m, rest + count, log)
+def softmax_row_long(x, out, scale, log):
+    """softmax / log_softmax of a row too long for cache: online stats, then write."""
+    m, total = row_max_sumexp(x, scale)
+    shift, factor = finish(m, total, log)
     write_row(x, out, scale, shift, factor, log)
 
 
 @driver
-def softmax_rows(x, out, scale, log, cached):
-    for r in prange(x.shape[0]):
-        softmax_row(x[r], out[r], scale, log, cached)
+def softmax_rows(x, out, scale, log, cached, n_blocks):
+    n_rows = x.shape[0]
+    if not cached:
+        for r in prange(n_rows):
+            softmax_row_long(x[r], out[r], scale, log)
+        return
+    for b in prange(n_blocks):
+        softmax_rows_cached_block(
+            x, out, scale, log, b * n_rows // n_blocks, (b + 1) * n_rows // n_blocks
+        )
 
 
 @driver
-def logsumexp_rows(x, scale, res):
-    for r in prange(x.shape[0]):
-        m, rest, count = row_max_sumexp(x[r], scale)
-        res[r] = logsumexp_from_stats(m, rest, count)
+def logsumexp_rows(x, scale, res, n_blocks):
+    n_rows, n_cols = x.shape
+    for b in prange(n_blocks):
+        r0 = b * n_rows // n_blocks
+        r1 = (b + 1) * n_rows // n_blocks
+        if n_cols > BLOCK:
+            for r in range(r0, r1):
+                m, total = row_max_sumexp(x[r], scale)
+                res[r] = logsumexp_of_row(x[r], scale, m, total)
+            continue
+        m_next = row_max(x[r0])
+        for r in range(r0, r1):
+            m = m_next * scale
+            total, m_next = sumexp_next_max(x[r], x[min(r + 1, r1 - 1)], scale, m)
+            res[r] = logsumexp_of_row(x[r], scale, m, total)
 
 
 @driver
 def row_stats_split(x, scale, chunk):
-    """Per-row ``(m, rest, count)`` of long rows, each split into chunks over
-    all threads and merged in chunk order (the result does not depend on the
+    """Per-row ``(m, total)`` of long rows, each split into chunks over all
+    threads and merged in chunk order (the result does not depend on the
     number of threads)."""
     n_rows, n_cols = x.shape
     n_chunks = (n_cols + chunk - 1) // chunk
     m_parts = np.empty((n_rows, n_chunks), x.dtype)
-    rest_parts = np.empty((n_rows, n_chunks), np.float64)
-    count_parts = np.empty((n_rows, n_chunks), np.int64)
+    total_parts = np.empty((n_rows, n_chunks), np.float64)
     for t in prange(n_rows * n_chunks):
         r = t // n_chunks
         lo = (t - r * n_chunks) * chunk
-        m, rest, count = row_max_sumexp(x[r, lo : min(lo + chunk, n_cols)], scale)
+        m, total = row_max_sumexp(x[r, lo : min(lo + chunk, n_cols)], scale)
         m_parts.flat[t] = m
-        rest_parts.flat[t] = rest
-        count_parts.flat[t] = count
+        total_parts.flat[t] = total
     m_rows = np.empty(n_rows, x.dtype)
-    rest_rows = np.empty(n_rows, np.float64)
-    count_rows = np.empty(n_rows, np.int64)
+    total_rows = np.empty(n_rows, np.float64)
     for r in range(n_rows):
-        m_rows[r], rest_rows[r], count_rows[r] = merge_max_sumexp(
-            m_parts[r], rest_parts[r], count_parts[r]
-        )
-    return m_rows, rest_rows, count_rows
+        m_rows[r], total_rows[r] = merge_max_sumexp(m_parts[r], total_parts[r])
+    return m_rows, total_rows
 
 
 @driver
@@ -184,21 +215,21 @@ def softmax_rows_split(x, out, scale, log, chunk, m_rows, total_rows):
 
 
 @njit(fastmath=FASTMATH, **JIT)
-def logsumexp_of_stats(m_rows, rest_rows, count_rows, res):
+def logsumexp_of_stats(x, scale, m_rows, total_rows, res):
     for r in range(m_rows.size):
-        res[r] = logsumexp_from_stats(m_rows[r], rest_rows[r], count_rows[r])
+        res[r] = logsumexp_of_row(x[r], scale, m_rows[r], total_rows[r])
 
 
 @njit(fastmath=FASTMATH, **JIT)
-def column_stats(x, scale, j0, width, m, rest, count, block_max):
-    """Online ``(m, rest, count)`` of columns ``j0:j0+width`` of ``x``, reduced
-    along axis 0, in blocks of :data:`COLUMN_ROWS` rows; SIMD runs across columns."""
+def column_stats(x, scale, j0, width, m, total, block_max):
+    """Online ``(m, total)`` of columns ``j0:j0+width`` of ``x``, reduced along
+    axis 0 in blocks of :data:`COLUMN_ROWS` rows; SIMD runs across columns."""
     n = x.shape[0]
     neg_inf = like(-np.inf, scale)
+    zero = like(0.0, scale)
     for j in range(width):
         m[j] = neg_inf
-        rest[j] = 0.0
-        count[j] = 0
+        total[j] = 0.0
     for i0 in range(0, n, COLUMN_ROWS):
         i1 = min(i0 + COLUMN_ROWS, n)
         for j in range(width):
@@ -207,23 +238,18 @@ def column_stats(x, scale, j0, width, m, rest, count, block_max):
             for j in range(width):
                 block_max[j] = fmaximum(block_max[j], x[i, j0 + j])
         for j in range(width):
-            bm = block_max[j] * scale
             old = m[j]
-            new = fmaximum(old, bm)
-            grew = new > old
-            # Entries equal to the old max leave the count and join the rest.
+            new = fmaximum(old, block_max[j] * scale)
+            # Rescale a finite running sum to the new max; -inf so far means 0.
             keep = math.isfinite(old) and math.isfinite(new)
-            rescale = exp(np.float64(old) - np.float64(new)) if keep else 0.0
-            rest[j] = (rest[j] + count[j]) * rescale if grew else rest[j]
-            count[j] = 0 if grew else count[j]
+            total[j] = total[j] * exp(np.float64(old) - np.float64(new)) if keep else 0.0
             m[j] = new
+            # Shift by 0 where the max is not finite (those columns are
+            # finished by the non-finite rules; this keeps the sums NaN-free).
+            block_max[j] = new if math.isfinite(new) else zero
         for i in range(i0, i1):
             for j in range(width):
-                v = x[i, j0 + j] * scale
-                shift = m[j] if math.isfinite(m[j]) else like(0.0, v)
-                hit = v == shift
-                count[j] += hit
-                rest[j] += 0.0 if hit else np.float64(exp(v - shift))
+                total[j] += np.float64(exp(x[i, j0 + j] * scale - block_max[j]))
 
 
 @driver
@@ -235,13 +261,12 @@ def softmax_cols(x, out, scale, log):
         width = min(COLUMN_BLOCK, n_cols - j0)
         m = np.empty(width, x.dtype)
         block_max = np.empty(width, x.dtype)
-        rest = np.empty(width, np.float64)
-        count = np.empty(width, np.int64)
-        column_stats(x, scale, j0, width, m, rest, count, block_max)
+        total = np.empty(width, np.float64)
+        column_stats(x, scale, j0, width, m, total, block_max)
         shift = np.empty(width, x.dtype)
         factor = np.empty(width, x.dtype)
         for j in range(width):
-            shift[j], factor[j] = finish(m[j], rest[j] + count[j], log)
+            shift[j], factor[j] = finish(m[j], total[j], log)
         for i in range(n):
             write_row_per_column(
                 x[i, j0 : j0 + width], out[i, j0 : j0 + width], scale, shift, factor, log
@@ -257,11 +282,10 @@ def logsumexp_cols(x, scale, res):
         width = min(COLUMN_BLOCK, n_cols - j0)
         m = np.empty(width, x.dtype)
         block_max = np.empty(width, x.dtype)
-        rest = np.empty(width, np.float64)
-        count = np.empty(width, np.int64)
-        column_stats(x, scale, j0, width, m, rest, count, block_max)
+        total = np.empty(width, np.float64)
+        column_stats(x, scale, j0, width, m, total, block_max)
         for j in range(width):
-            res[j0 + j] = logsumexp_from_stats(m[j], rest[j], count[j])
+            res[j0 + j] = logsumexp_of_row(x[:, j0 + j], scale, m[j], total[j])
 
 
 @njit(fastmath=FASTMATH, **JIT)
@@ -315,7 +339,12 @@ def logsumexp_rows_masked(x, mask, res):
     one = like(1.0, x[0, 0])
     for r in prange(x.shape[0]):
         m, rest, count, included = masked_stats(x[r], mask[r], one)
-        res[r] = logsumexp_from_stats(m, rest, count) if included else -np.inf
+        if included == 0:
+            res[r] = -np.inf
+        elif not math.isfinite(m):
+            res[r] = m
+        else:
+            res[r] = math.log1p(rest / count) + math.log(count) + np.float64(m)
 
 
 @njit(fastmath=EXACT_MATH, **JIT)
