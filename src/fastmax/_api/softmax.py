@@ -8,7 +8,13 @@ from typing import Any
 import numpy as np
 
 from .._kernels import softmax as K
-from .._kernels.schedule import SPLIT_CHUNK, cached_rows, row_blocks, split_rows
+from .._kernels.schedule import (
+    PARALLEL_MIN_ELEMENTS,
+    SPLIT_CHUNK,
+    cached_rows,
+    row_blocks,
+    split_rows,
+)
 from .._layout import (
     contiguous_for_rows,
     empty_for_rows,
@@ -43,11 +49,31 @@ def _mask_rows(mask: np.ndarray | None, axes: tuple[int, ...]) -> np.ndarray | N
     return _input_rows(mask, axes, np.dtype(np.bool_))
 
 
+_NATIVE_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _fast_path(x, axis) -> bool:
+    """The common call — a C-contiguous float32/float64 array over its last axis,
+    no options — skips the general validation and layout machinery."""
+    return (
+        type(x) is np.ndarray
+        and x.dtype in _NATIVE_FLOATS
+        and x.ndim >= 1
+        and x.size > 0
+        and x.flags.c_contiguous
+        and (axis == -1 or axis == x.ndim - 1)
+        and type(axis) is int
+    )
+
+
 def _softmax_rows(src: np.ndarray, dst: np.ndarray, mask, scale, log: bool) -> None:
     """Run the softmax kernel that suits the layouts of the 2-D views."""
     n_rows, n_cols = src.shape
     size = src.size
-    if mask is not None:
+    if mask is None and size < PARALLEL_MIN_ELEMENTS and src.strides[1] == src.itemsize:
+        cached = cached_rows(n_cols, src.itemsize)
+        K.softmax_rows.serial(src, dst, scale, log, cached, 1)
+    elif mask is not None:
         K.softmax_rows_masked(size, src, mask, dst, scale, log)
     elif unit_stride(src, 1) and unit_stride(dst, 1) and split_rows(n_rows, n_cols):
         m, total = K.row_stats_split(size, src, scale, SPLIT_CHUNK)
@@ -60,6 +86,13 @@ def _softmax_rows(src: np.ndarray, dst: np.ndarray, mask, scale, log: bool) -> N
 
 
 def _softmax_family(x, axis, out, where, temperature, log: bool, func: str):
+    if out is None and where is None and type(temperature) in (float, int) and temperature == 1 \
+            and _fast_path(x, axis):
+        n_cols = x.shape[-1]
+        result = np.empty_like(x)
+        _softmax_rows(x.reshape(-1, n_cols), result.reshape(-1, n_cols), None,
+                      x.dtype.type(1.0), log)
+        return result
     arr = as_array(x, "x", func)
     cdt, rdt = float_dtypes(arr.dtype, "x", func)
     axes = reduction_axes(axis, arr.ndim, func)
@@ -155,7 +188,9 @@ def _logsumexp_rows(src: np.ndarray, res: np.ndarray) -> None:
     n_rows, n_cols = src.shape
     size = src.size
     one = src.dtype.type(1.0)
-    if unit_stride(src, 1) and split_rows(n_rows, n_cols):
+    if size < PARALLEL_MIN_ELEMENTS:
+        K.logsumexp_rows.serial(src, one, res, 1)
+    elif unit_stride(src, 1) and split_rows(n_rows, n_cols):
         m, total = K.row_stats_split(size, src, one, SPLIT_CHUNK)
         K.logsumexp_of_stats(src, one, m, total, res)
     elif n_cols > 1 and unit_stride(src, 0) and not unit_stride(src, 1):

@@ -15,7 +15,7 @@ from .._config import FASTMATH, JIT
 #: Below this many elements a parallel launch costs more than it saves.
 PARALLEL_MIN_ELEMENTS = 1 << 15
 #: Rows up to this size (bytes) are kept in cache between passes.
-CACHED_ROW_BYTES = 1 << 17
+CACHED_ROW_BYTES = 1 << 20
 #: Elements per task when a row is split across threads.
 SPLIT_CHUNK = 1 << 16
 #: Columns per task of the non-last-axis (column) kernels.
