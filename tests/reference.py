@@ -93,3 +93,34 @@ def magnitude(x) -> float:
     x = as_reference_input(x)
     fin = np.abs(x[np.isfinite(x)])
     return float(fin.max()) if fin.size else 1.0
+
+
+def hardmax(x, axis=-1) -> np.ndarray:
+    """One-hot of ``np.argmax`` along ``axis`` (an int, a tuple or None)."""
+    x = as_reference_input(x)
+    # Several axes: "first" in row-major order of the reduced axes, in array order.
+    axes = tuple(range(x.ndim)) if axis is None else tuple(sorted(np.atleast_1d(axis) % max(x.ndim, 1)))
+    out = np.zeros_like(x)
+    if x.size == 0:
+        return out
+    batch = [a for a in range(x.ndim) if a not in axes]
+    moved = np.transpose(x, batch + list(axes))
+    flat = moved.reshape(int(np.prod([x.shape[a] for a in batch])), -1)
+    hot = np.zeros_like(flat)
+    hot[np.arange(flat.shape[0]), np.argmax(flat, axis=1)] = 1
+    return np.transpose(hot.reshape(moved.shape), np.argsort(batch + list(axes)))
+
+
+def softmax_jacobian(y, axis=-1) -> np.ndarray:
+    y = np.moveaxis(np.asarray(y, np.float64), axis, -1)
+    return np.einsum("...i,ij->...ij", y, np.eye(y.shape[-1])) - y[..., :, None] * y[..., None, :]
+
+
+def jvp(kind: str, primal, tangent, axis=-1) -> np.ndarray:
+    """The contract's formulas, written with NumPy broadcasting."""
+    p, t = np.broadcast_arrays(np.asarray(primal, np.float64), np.asarray(tangent, np.float64))
+    if kind in ("softmax_jvp", "softmax_vjp"):
+        return p * (t - np.sum(p * t, axis=axis, keepdims=True))
+    if kind == "log_softmax_jvp":
+        return t - np.sum(np.exp(p) * t, axis=axis, keepdims=True)
+    return t - np.exp(p) * np.sum(t, axis=axis, keepdims=True)

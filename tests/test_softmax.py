@@ -181,7 +181,7 @@ def test_no_copy_for_suitable_input(rng):
         ((3, 2 * schedule.SPLIT_CHUNK + 17), -1),   # few long rows: split across threads
         ((5, schedule.CACHED_ROW_BYTES // 4 + 3), -1),  # rows too long to stay cached
         ((300, 9), 0),                              # column kernel, several column blocks
-        ((2 * schedule.COLUMN_ROWS + 5, 600), 0),   # column kernel, several row blocks
+        ((2001, 600), 0),                           # column kernel: row chunks and blocks
         ((40_000, 3), -1),                          # many short rows, parallel
     ],
 )

@@ -20,11 +20,18 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Op:
+    """One timed operation.  ``inputs(x)`` builds its arguments from the data;
+    ``fastmax_out(args, axis, out)`` is the call timed against the floor (with
+    ``out=``, or in place); the others are allocating calls of each library."""
+
     name: str
-    floor: str  # "copy": reads and writes the array; "read": only reads it
+    floor: str  # "copy": reads and writes one array; "read": only reads it
+    floor_factor: float  # arrays moved relative to the floor (the VJP reads two: 1.5)
+    inputs: Callable
     fastmax: Callable
-    scipy: Callable
-    numpy: Callable
+    fastmax_out: Callable | None
+    scipy: Callable | None
+    numpy: Callable | None
     torch: Callable | None
 
 
@@ -43,20 +50,55 @@ def _numpy_logsumexp(x, axis):
     return (m + np.log(np.exp(x - m).sum(axis=axis, keepdims=True))).squeeze(axis)
 
 
+def _numpy_hardmax(x, axis):
+    out = np.zeros_like(x)
+    np.put_along_axis(out, np.expand_dims(np.argmax(x, axis=axis), axis), 1, axis=axis)
+    return out
+
+
+def _vjp_inputs(x):
+    import fastmax
+
+    y = fastmax.softmax(x)
+    return y, np.random.default_rng(1).standard_normal(x.shape).astype(x.dtype)
+
+
 def operations(torch=None) -> dict[str, Op]:
     import scipy.special as sp
 
     import fastmax
 
     tf = None if torch is None else torch.nn.functional
+    single = lambda x: (x,)  # noqa: E731
+
+    def torch_op(fn):
+        return None if torch is None else fn
+
     return {
-        "softmax": Op("softmax", "copy", fastmax.softmax, sp.softmax, _numpy_softmax,
-                      None if tf is None else (lambda t, axis: tf.softmax(t, dim=axis))),
-        "log_softmax": Op("log_softmax", "copy", fastmax.log_softmax, sp.log_softmax,
-                          _numpy_log_softmax,
-                          None if tf is None else (lambda t, axis: tf.log_softmax(t, dim=axis))),
-        "logsumexp": Op("logsumexp", "read", fastmax.logsumexp, sp.logsumexp, _numpy_logsumexp,
-                        None if torch is None else (lambda t, axis: torch.logsumexp(t, dim=axis))),
+        "softmax": Op(
+            "softmax", "copy", 1.0, single, fastmax.softmax,
+            lambda a, axis, out: fastmax.softmax(*a, axis=axis, out=out),
+            sp.softmax, _numpy_softmax, torch_op(lambda t, axis: tf.softmax(t, dim=axis))),
+        "log_softmax": Op(
+            "log_softmax", "copy", 1.0, single, fastmax.log_softmax,
+            lambda a, axis, out: fastmax.log_softmax(*a, axis=axis, out=out),
+            sp.log_softmax, _numpy_log_softmax,
+            torch_op(lambda t, axis: tf.log_softmax(t, dim=axis))),
+        "logsumexp": Op(
+            "logsumexp", "read", 1.0, single, fastmax.logsumexp, None,
+            sp.logsumexp, _numpy_logsumexp,
+            torch_op(lambda t, axis: torch.logsumexp(t, dim=axis))),
+        "hardmax": Op(
+            "hardmax", "copy", 1.0, single, fastmax.hardmax,
+            lambda a, axis, out: fastmax.hardmax(a[0], axis=axis, out=a[0]),  # in place
+            None, _numpy_hardmax,
+            torch_op(lambda t, axis: torch.zeros_like(t).scatter_(
+                axis, t.argmax(dim=axis, keepdim=True), 1.0))),
+        "softmax_vjp": Op(
+            "softmax_vjp", "copy", 1.5, _vjp_inputs, fastmax.softmax_vjp,
+            lambda a, axis, out: fastmax.softmax_vjp(*a, axis=axis, out=out),
+            None, lambda y, g, axis: y * (g - np.sum(y * g, axis=axis, keepdims=True)),
+            torch_op(lambda y, g, axis: torch._softmax_backward_data(g, y, axis, y.dtype))),
     }
 
 
@@ -78,6 +120,8 @@ def self_check(ops: dict[str, Op]) -> list[str]:
             x.flat[3] = np.nan
             x.flat[x.size // 2] = -np.inf
             for op in ops.values():
+                if op.scipy is None:
+                    continue
                 got = np.asarray(op.fastmax(x, axis=axis), np.float64)
                 with np.errstate(all="ignore"):
                     want = np.asarray(op.scipy(x.astype(np.float64), axis=axis), np.float64)
@@ -124,31 +168,36 @@ def run_speed(ops, shapes, dtypes, repeat, baselines, torch) -> list[Row]:
         for dtype in dtypes:
             x = _bench.input_array(shape, dtype)
             floor = _bench.floors(x, repeat)
-            xt = torch.from_numpy(x) if torch is not None else None
             for op in ops.values():
                 _progress(done, total, f"{op.name} {np.dtype(dtype).name} {cls}")
+                args = op.inputs(x)
                 # The floor writes into an existing array, so the floor ratio times
-                # fastmax with ``out=``; speed-ups compare allocating calls with
-                # allocating calls (a fresh output costs page faults).
-                out = np.empty_like(x) if op.floor == "copy" else None
-                op.fastmax(x, axis=axis)  # compile / warm up outside the timing
-                t_alloc = _bench.median_time(lambda: op.fastmax(x, axis=axis), repeat)
-                if out is not None:
-                    op.fastmax(x, axis=axis, out=out)
-                    t_fm = _bench.median_time(lambda: op.fastmax(x, axis=axis, out=out), repeat)
+                # fastmax with ``out=`` (or in place); speed-ups compare allocating
+                # calls with allocating calls (a fresh output costs page faults).
+                op.fastmax(*args, axis=axis)  # compile / warm up outside the timing
+                t_alloc = _bench.median_time(lambda: op.fastmax(*args, axis=axis), repeat)
+                if op.fastmax_out is not None:
+                    out = np.empty_like(x)
+                    op.fastmax_out(args, axis, out)
+                    t_fm = _bench.median_time(lambda: op.fastmax_out(args, axis, out), repeat)
+                    del out
                 else:
                     t_fm = t_alloc
-                del out
-                floor_t = floor.copy if op.floor == "copy" else floor.read
-                nbytes = x.nbytes * (2 if op.floor == "copy" else 1)
+                floor_t = (floor.copy if op.floor == "copy" else floor.read) * op.floor_factor
+                nbytes = x.nbytes * (2 if op.floor == "copy" else 1) * op.floor_factor
                 t_sp = t_np = t_th = None
-                if baselines and x.nbytes <= 600 * 2**20:
-                    with np.errstate(all="ignore"):
-                        t_sp = _bench.median_time(lambda: op.scipy(x, axis=axis), max(3, repeat // 3))
-                        t_np = _bench.median_time(lambda: op.numpy(x, axis=axis), max(3, repeat // 3))
-                if op.torch is not None and xt is not None:
-                    op.torch(xt, axis)
-                    t_th = _bench.median_time(lambda: op.torch(xt, axis), repeat)
+                small_enough = x.nbytes <= 600 * 2**20
+                with np.errstate(all="ignore"):
+                    if baselines and small_enough and op.scipy is not None:
+                        t_sp = _bench.median_time(lambda: op.scipy(*args, axis=axis), max(3, repeat // 3))
+                    if baselines and small_enough and op.numpy is not None:
+                        t_np = _bench.median_time(lambda: op.numpy(*args, axis=axis), max(3, repeat // 3))
+                if op.torch is not None and torch is not None:
+                    targs = [torch.from_numpy(a) for a in args]
+                    op.torch(*targs, axis)
+                    t_th = _bench.median_time(lambda: op.torch(*targs, axis), repeat)
+                    del targs
+                del args
                 rows.append(Row(
                     op=op.name, dtype=np.dtype(dtype).name, shape_class=cls, shape=list(shape),
                     axis=axis, fastmax_ms=t_fm * 1e3, fastmax_alloc_ms=t_alloc * 1e3,
@@ -159,7 +208,7 @@ def run_speed(ops, shapes, dtypes, repeat, baselines, torch) -> list[Row]:
                     torch_ms=None if t_th is None else t_th * 1e3,
                 ))
                 done += 1
-            del x, xt
+            del x
     _progress(total, total, "done")
     return rows
 
@@ -299,14 +348,16 @@ def main(argv: list[str] | None = None) -> int:
         if failures:
             print("FAILED:\n  " + "\n  ".join(failures))
             return 1
-        print(f"  ok: {len(ops)} ops × 2 dtypes × 4 shapes/axes agree with SciPy (NaN and -inf included)")
+        checked = sum(op.scipy is not None for op in ops.values())
+        print(f"  ok: {checked} ops × 2 dtypes × 4 shapes/axes agree with SciPy (NaN and -inf included)")
 
     print(f"Timing on {numba.get_num_threads()} threads (ratios from one run; see PERF.md) ...", flush=True)
     rows = run_speed(ops, shapes, dtypes, args.repeat, not args.no_baselines, torch)
     print(format_table(rows))
-    print("\n× floor: time with out= over the copy floor (softmax, log_softmax) or the read floor\n"
-          "(logsumexp) measured in this run; 1.0 is the memory-bandwidth limit. Speed-ups compare\n"
-          "allocating calls.")
+    print("\n× floor: time with out= (hardmax: in place) over the copy floor, the read floor\n"
+          "(logsumexp) or 1.5 copy floors (softmax_vjp: two inputs), measured in this run; 1.0 is\n"
+          "the memory-bandwidth limit. Speed-ups compare allocating calls. PyTorch: F.softmax,\n"
+          "F.log_softmax, torch.logsumexp, zeros_like().scatter_(argmax), _softmax_backward_data.")
     facts = info()
     print(f"\n{facts['cpu']} ({facts['cpu_count']} CPUs), Python {facts['python']}, NumPy {facts['numpy']}, "
           f"SciPy {facts['scipy']}, Numba {facts['numba']}, PyTorch {facts['torch'] or 'not installed'}, "

@@ -12,25 +12,21 @@ from .._kernels.schedule import (
     PARALLEL_MIN_ELEMENTS,
     SPLIT_CHUNK,
     cached_rows,
+    column_block_rows,
+    column_chunks,
     row_blocks,
     split_rows,
 )
-from .._layout import (
-    contiguous_for_rows,
-    empty_for_rows,
-    reduced_shape,
-    rows_view,
-    unit_stride,
-)
+from .._layout import contiguous_for_rows, reduced_shape, rows_view, unit_stride
 from .._validate import (
     as_array,
     broadcast_mask,
-    check_no_partial_overlap,
     check_out,
     float_dtypes,
     reduction_axes,
     temperature_scale,
 )
+from ._elementwise import elementwise_job, fast_path
 
 ArrayLike = Any
 
@@ -49,23 +45,6 @@ def _mask_rows(mask: np.ndarray | None, axes: tuple[int, ...]) -> np.ndarray | N
     return _input_rows(mask, axes, np.dtype(np.bool_))
 
 
-_NATIVE_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
-
-
-def _fast_path(x, axis) -> bool:
-    """The common call — a C-contiguous float32/float64 array over its last axis,
-    no options — skips the general validation and layout machinery."""
-    return (
-        type(x) is np.ndarray
-        and x.dtype in _NATIVE_FLOATS
-        and x.ndim >= 1
-        and x.size > 0
-        and x.flags.c_contiguous
-        and (axis == -1 or axis == x.ndim - 1)
-        and type(axis) is int
-    )
-
-
 def _softmax_rows(src: np.ndarray, dst: np.ndarray, mask, scale, log: bool) -> None:
     """Run the softmax kernel that suits the layouts of the 2-D views."""
     n_rows, n_cols = src.shape
@@ -79,57 +58,29 @@ def _softmax_rows(src: np.ndarray, dst: np.ndarray, mask, scale, log: bool) -> N
         m, total = K.row_stats_split(size, src, scale, SPLIT_CHUNK)
         K.softmax_rows_split(size, src, dst, scale, log, SPLIT_CHUNK, m, total)
     elif n_cols > 1 and unit_stride(src, 0) and unit_stride(dst, 0) and not unit_stride(src, 1):
-        K.softmax_cols(size, src.T, dst.T, scale, log)
+        xt, chunks = src.T, column_chunks(n_cols)
+        m, total = K.column_stats_chunked(size, xt, scale, chunks, column_block_rows(n_rows, src.itemsize))
+        K.softmax_cols_write(size, xt, dst.T, scale, log, chunks, m, total)
     else:
         cached = cached_rows(n_cols, src.itemsize)
         K.softmax_rows(size, src, dst, scale, log, cached, row_blocks(n_rows))
 
 
 def _softmax_family(x, axis, out, where, temperature, log: bool, func: str):
-    if out is None and where is None and type(temperature) in (float, int) and temperature == 1 \
-            and _fast_path(x, axis):
+    if (out is None and where is None and type(temperature) in (float, int)
+            and temperature == 1 and fast_path(x, axis)):
         n_cols = x.shape[-1]
         result = np.empty_like(x)
         _softmax_rows(x.reshape(-1, n_cols), result.reshape(-1, n_cols), None,
                       x.dtype.type(1.0), log)
         return result
-    arr = as_array(x, "x", func)
-    cdt, rdt = float_dtypes(arr.dtype, "x", func)
-    axes = reduction_axes(axis, arr.ndim, func)
-    scale = cdt.type(temperature_scale(temperature, func))
-    if out is not None:
-        check_out(out, arr.shape, rdt, func)
-        check_no_partial_overlap(out, arr, func)
-    mask = broadcast_mask(where, arr.shape, func) if where is not None else None
-
-    # dst: the compute-dtype array the kernel writes; result: what is returned.
-    if out is not None:
-        result = out
-        dst = out if out.dtype == cdt else None
-    else:
-        result = np.empty_like(arr, dtype=rdt)
-        if rows_view(result, axes) is None:
-            result = empty_for_rows(arr.shape, axes, rdt)
-        dst = result if rdt == cdt else None
-    if arr.size == 0:
-        return result
-    dst_rows = rows_view(dst, axes) if dst is not None else None
-    if dst_rows is None:
-        dst = empty_for_rows(arr.shape, axes, cdt)
-        dst_rows = rows_view(dst, axes)
-
-    src_rows = rows_view(arr, axes) if arr.dtype == cdt else None
-    if src_rows is None:
-        # Convert or re-lay the input into the output buffer, then work in place.
-        np.copyto(dst, arr, casting="unsafe")
-        src_rows = dst_rows
-    _softmax_rows(src_rows, dst_rows, _mask_rows(mask, axes), scale, log)
-    if dst is not result:
-        with np.errstate(over="ignore"):  # float16 results may overflow to ±inf
-            np.copyto(result, dst, casting="unsafe")
-    if result.ndim == 0 and out is None:
-        return result[()]
-    return result
+    job = elementwise_job(x, axis, out, func)
+    scale = job.dst.dtype.type(temperature_scale(temperature, func)) if job.dst is not None \
+        else temperature_scale(temperature, func)
+    mask = broadcast_mask(where, job.arr.shape, func) if where is not None else None
+    if job.src is not None:
+        _softmax_rows(job.src, job.dst, _mask_rows(mask, job.axes), scale, log)
+    return job.finish()
 
 
 def softmax(
@@ -194,7 +145,10 @@ def _logsumexp_rows(src: np.ndarray, res: np.ndarray) -> None:
         m, total = K.row_stats_split(size, src, one, SPLIT_CHUNK)
         K.logsumexp_of_stats(src, one, m, total, res)
     elif n_cols > 1 and unit_stride(src, 0) and not unit_stride(src, 1):
-        K.logsumexp_cols(size, src.T, one, res)
+        xt = src.T
+        m, total = K.column_stats_chunked(
+            size, xt, one, column_chunks(n_cols), column_block_rows(n_rows, src.itemsize))
+        K.logsumexp_of_columns(xt, one, m, total, res)
     else:
         K.logsumexp_rows(size, src, one, res, row_blocks(n_rows))
 

@@ -18,10 +18,14 @@ PARALLEL_MIN_ELEMENTS = 1 << 15
 CACHED_ROW_BYTES = 1 << 20
 #: Elements per task when a row is split across threads.
 SPLIT_CHUNK = 1 << 16
-#: Columns per task of the non-last-axis (column) kernels.
-COLUMN_BLOCK = 256
-#: Rows per block of the column kernels' online max+sum (keeps the block in L2).
-COLUMN_ROWS = 64
+#: The column kernels (reduction over a non-last axis) split the reduced axis
+#: into this many chunks of whole rows: each thread then streams memory
+#: sequentially (splitting columns instead, each thread would read part of
+#: every row and defeat the hardware prefetchers: measured 3x slower).  Fixed,
+#: so that results do not depend on the number of threads.
+COLUMN_CHUNKS = 8
+#: Bytes of rows per block of the column kernels' online max+sum (stays in L2).
+COLUMN_BLOCK_BYTES = 1 << 18
 
 
 def _renamed(fn: Callable, suffix: str) -> Callable:
@@ -63,6 +67,16 @@ def split_rows(n_rows: int, n_cols: int) -> bool:
 def row_blocks(n_rows: int) -> int:
     """Blocks of consecutive rows for the pipelined row kernels (a few per thread)."""
     return max(1, min(n_rows, 4 * numba.get_num_threads()))
+
+
+def column_chunks(n: int) -> int:
+    """Chunks of the reduced axis for the column kernels."""
+    return max(1, min(COLUMN_CHUNKS, n // 64))
+
+
+def column_block_rows(n_cols: int, itemsize: int) -> int:
+    """Rows per block of the column kernels' online max+sum."""
+    return max(1, COLUMN_BLOCK_BYTES // max(1, n_cols * itemsize))
 
 
 def cached_rows(n_cols: int, itemsize: int) -> bool:

@@ -27,7 +27,7 @@ from .reduce import (
     row_max_sumexp,
     sumexp_next_max,
 )
-from .schedule import COLUMN_BLOCK, COLUMN_ROWS, driver
+from .schedule import driver
 
 
 @njit(fastmath=FASTMATH, **JIT)
@@ -221,23 +221,25 @@ def logsumexp_of_stats(x, scale, m_rows, total_rows, res):
 
 
 @njit(fastmath=FASTMATH, **JIT)
-def column_stats(x, scale, j0, width, m, total, block_max):
-    """Online ``(m, total)`` of columns ``j0:j0+width`` of ``x``, reduced along
-    axis 0 in blocks of :data:`COLUMN_ROWS` rows; SIMD runs across columns."""
-    n = x.shape[0]
+def column_stats(x, scale, i_lo, i_hi, block_rows, m, total, block_max):
+    """Online ``(m, total)`` per column of ``x[i_lo:i_hi]``, reduced along axis 0
+    in blocks of ``block_rows`` rows (kept in cache); SIMD runs across columns."""
+    n_cols = x.shape[1]
     neg_inf = like(-np.inf, scale)
     zero = like(0.0, scale)
-    for j in range(width):
+    for j in range(n_cols):
         m[j] = neg_inf
         total[j] = 0.0
-    for i0 in range(0, n, COLUMN_ROWS):
-        i1 = min(i0 + COLUMN_ROWS, n)
-        for j in range(width):
-            block_max[j] = x[i0, j0 + j]
+    for i0 in range(i_lo, i_hi, block_rows):
+        i1 = min(i0 + block_rows, i_hi)
+        row = x[i0]
+        for j in range(n_cols):
+            block_max[j] = row[j]
         for i in range(i0 + 1, i1):
-            for j in range(width):
-                block_max[j] = fmaximum(block_max[j], x[i, j0 + j])
-        for j in range(width):
+            row = x[i]
+            for j in range(n_cols):
+                block_max[j] = fmaximum(block_max[j], row[j])
+        for j in range(n_cols):
             old = m[j]
             new = fmaximum(old, block_max[j] * scale)
             # Rescale a finite running sum to the new max; -inf so far means 0.
@@ -248,44 +250,51 @@ def column_stats(x, scale, j0, width, m, total, block_max):
             # finished by the non-finite rules; this keeps the sums NaN-free).
             block_max[j] = new if math.isfinite(new) else zero
         for i in range(i0, i1):
-            for j in range(width):
-                total[j] += np.float64(exp(x[i, j0 + j] * scale - block_max[j]))
+            row = x[i]
+            for j in range(n_cols):
+                total[j] += np.float64(exp(row[j] * scale - block_max[j]))
+
+
+@njit(fastmath=FASTMATH, **JIT)
+def _merge_column_stats(m_parts, total_parts, m, total):
+    for j in range(m.size):
+        m[j], total[j] = merge_max_sumexp(m_parts[:, j], total_parts[:, j])
 
 
 @driver
-def softmax_cols(x, out, scale, log):
+def column_stats_chunked(x, scale, n_chunks, block_rows):
+    """Per-column ``(m, total)`` of ``x`` along axis 0: the rows are split into
+    ``n_chunks`` chunks over the threads, merged in chunk order."""
     n, n_cols = x.shape
-    n_blocks = (n_cols + COLUMN_BLOCK - 1) // COLUMN_BLOCK
-    for b in prange(n_blocks):
-        j0 = b * COLUMN_BLOCK
-        width = min(COLUMN_BLOCK, n_cols - j0)
-        m = np.empty(width, x.dtype)
-        block_max = np.empty(width, x.dtype)
-        total = np.empty(width, np.float64)
-        column_stats(x, scale, j0, width, m, total, block_max)
-        shift = np.empty(width, x.dtype)
-        factor = np.empty(width, x.dtype)
-        for j in range(width):
-            shift[j], factor[j] = finish(m[j], total[j], log)
-        for i in range(n):
-            write_row_per_column(
-                x[i, j0 : j0 + width], out[i, j0 : j0 + width], scale, shift, factor, log
-            )
+    m_parts = np.empty((n_chunks, n_cols), x.dtype)
+    total_parts = np.empty((n_chunks, n_cols), np.float64)
+    for c in prange(n_chunks):
+        block_max = np.empty(n_cols, x.dtype)
+        column_stats(x, scale, c * n // n_chunks, (c + 1) * n // n_chunks, block_rows,
+                     m_parts[c], total_parts[c], block_max)
+    m = np.empty(n_cols, x.dtype)
+    total = np.empty(n_cols, np.float64)
+    _merge_column_stats(m_parts, total_parts, m, total)
+    return m, total
 
 
 @driver
-def logsumexp_cols(x, scale, res):
+def softmax_cols_write(x, out, scale, log, n_chunks, m, total):
+    """Write pass of the column kernels, rows split in chunks over the threads."""
     n, n_cols = x.shape
-    n_blocks = (n_cols + COLUMN_BLOCK - 1) // COLUMN_BLOCK
-    for b in prange(n_blocks):
-        j0 = b * COLUMN_BLOCK
-        width = min(COLUMN_BLOCK, n_cols - j0)
-        m = np.empty(width, x.dtype)
-        block_max = np.empty(width, x.dtype)
-        total = np.empty(width, np.float64)
-        column_stats(x, scale, j0, width, m, total, block_max)
-        for j in range(width):
-            res[j0 + j] = logsumexp_of_row(x[:, j0 + j], scale, m[j], total[j])
+    shift = np.empty(n_cols, x.dtype)
+    factor = np.empty(n_cols, x.dtype)
+    for j in range(n_cols):
+        shift[j], factor[j] = finish(m[j], total[j], log)
+    for c in prange(n_chunks):
+        for i in range((c * n) // n_chunks, ((c + 1) * n) // n_chunks):
+            write_row_per_column(x[i], out[i], scale, shift, factor, log)
+
+
+@njit(fastmath=FASTMATH, **JIT)
+def logsumexp_of_columns(x, scale, m, total, res):
+    for j in range(m.size):
+        res[j] = logsumexp_of_row(x[:, j], scale, m[j], total[j])
 
 
 @njit(fastmath=FASTMATH, **JIT)

@@ -1,0 +1,48 @@
+"""hardmax: the one-hot of the first maximum along an axis."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .._kernels import hardmax as K
+from .._kernels.schedule import SPLIT_CHUNK, column_chunks, row_blocks, split_rows
+from .._layout import unit_stride
+from ._elementwise import elementwise_job
+
+
+def _hardmax_rows(src: np.ndarray, dst: np.ndarray) -> None:
+    if src.shape[1] > 1 and unit_stride(src, 0) and unit_stride(dst, 0) and not unit_stride(src, 1):
+        K.hardmax_cols(src.size, src.T, dst.T, column_chunks(src.shape[1]))
+    elif src.size >= 2 * SPLIT_CHUNK and split_rows(*src.shape):
+        K.hardmax_rows_split(src.size, src, dst, SPLIT_CHUNK)
+    else:
+        K.hardmax_rows(src.size, src, dst, row_blocks(src.shape[0]))
+
+
+def hardmax(
+    x: Any,
+    axis: int | tuple[int, ...] | None = -1,
+    *,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """One-hot of the first maximal entry along ``axis``: 1 there, 0 elsewhere.
+
+    The position is ``np.argmax``'s: ties go to the first, and the first NaN
+    counts as the maximum.  Over several axes, "first" is in row-major order
+    of those axes taken in the array's order.  The result has the dtype policy of
+    :func:`fastmax.softmax`.  ``hardmax(x, out=x)`` works in place and
+    allocates nothing the size of ``x``.
+
+    Parameters
+    ----------
+    x : array_like
+    axis : int, tuple of ints or None, default -1
+    out : ndarray, optional
+        Array of ``x``'s shape and the result dtype; may be ``x`` itself.
+    """
+    job = elementwise_job(x, axis, out, "hardmax")
+    if job.src is not None:
+        _hardmax_rows(job.src, job.dst)
+    return job.finish()

@@ -1,0 +1,113 @@
+"""hardmax kernels: one-hot of the first maximum (``np.argmax``'s choice)."""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from .._config import FASTMATH, JIT
+from .reduce import row_max
+from .schedule import driver
+
+
+@njit(fastmath=FASTMATH, **JIT)
+def row_argmax(x):
+    """``np.argmax`` of a non-empty row: the first maximum, or the first NaN.
+
+    A vectorized max first, then a scan for its first position.
+    """
+    m = row_max(x)
+    if m != m:
+        for i in range(x.size):
+            if x[i] != x[i]:
+                return i
+    for i in range(x.size):
+        if x[i] == m:
+            return i
+    return 0
+
+
+@njit(fastmath=FASTMATH, **JIT)
+def write_one_hot(out, index):
+    for i in range(out.size):
+        out[i] = 0
+    out[index] = 1
+
+
+@driver
+def hardmax_rows(x, out, n_blocks):
+    n_rows = x.shape[0]
+    for b in prange(n_blocks):
+        for r in range(b * n_rows // n_blocks, (b + 1) * n_rows // n_blocks):
+            write_one_hot(out[r], row_argmax(x[r]))
+
+
+@njit(fastmath=FASTMATH, **JIT)
+def _takes_over(v, best):
+    """np.argmax's rule, scanning forward: a larger value or the first NaN wins."""
+    return (v > best) or (v != v and best == best)
+
+
+@driver
+def hardmax_cols(x, out, n_chunks):
+    """hardmax along axis 0 of a view whose rows are contiguous: the rows are
+    split in chunks over the threads (sequential reads), SIMD runs across
+    columns, and the chunks' first maxima are merged in order."""
+    n, n_cols = x.shape
+    best_parts = np.empty((n_chunks, n_cols), x.dtype)
+    index_parts = np.empty((n_chunks, n_cols), np.int64)
+    for c in prange(n_chunks):
+        i0 = c * n // n_chunks
+        best = best_parts[c]
+        index = index_parts[c]
+        row = x[i0]
+        for j in range(n_cols):
+            best[j] = row[j]
+            index[j] = i0
+        for i in range(i0 + 1, (c + 1) * n // n_chunks):
+            row = x[i]
+            for j in range(n_cols):
+                v = row[j]
+                take = _takes_over(v, best[j])
+                best[j] = v if take else best[j]
+                index[j] = i if take else index[j]
+    index = index_parts[0].copy()
+    best = best_parts[0].copy()
+    for c in range(1, n_chunks):
+        for j in range(n_cols):
+            if _takes_over(best_parts[c, j], best[j]):
+                best[j] = best_parts[c, j]
+                index[j] = index_parts[c, j]
+    for c in prange(n_chunks):
+        for i in range(c * n // n_chunks, (c + 1) * n // n_chunks):
+            row = out[i]
+            for j in range(n_cols):
+                row[j] = 1 if index[j] == i else 0
+
+
+@driver
+def hardmax_rows_split(x, out, chunk):
+    """hardmax of few long rows, each split into chunks over all threads: the
+    chunks' first maxima are merged in order, then the chunks are written."""
+    n_rows, n_cols = x.shape
+    n_chunks = (n_cols + chunk - 1) // chunk
+    best = np.empty((n_rows, n_chunks), x.dtype)
+    where = np.empty((n_rows, n_chunks), np.int64)
+    for t in prange(n_rows * n_chunks):
+        r = t // n_chunks
+        lo = (t - r * n_chunks) * chunk
+        i = row_argmax(x[r, lo : min(lo + chunk, n_cols)])
+        best.flat[t] = x[r, lo + i]
+        where.flat[t] = lo + i
+    index = np.empty(n_rows, np.int64)
+    for r in range(n_rows):
+        index[r] = where[r, row_argmax(best[r])]
+    for t in prange(n_rows * n_chunks):
+        r = t // n_chunks
+        lo = (t - r * n_chunks) * chunk
+        hi = min(lo + chunk, n_cols)
+        o = out[r, lo:hi]
+        for i in range(o.size):
+            o[i] = 0
+        if lo <= index[r] < hi:
+            o[index[r] - lo] = 1

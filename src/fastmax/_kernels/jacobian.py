@@ -1,0 +1,149 @@
+"""Jacobian-vector products of softmax and log_softmax, batched over rows.
+
+``mode`` selects the formula (``s`` is a row sum accumulated in float64):
+
+* ``SOFTMAX`` (jvp and vjp):  ``y * (v - s)``,          ``s = sum(y * v)``
+* ``LOG_JVP``:                ``v - s``,                ``s = sum(exp(logp) * v)``
+* ``LOG_VJP``:                ``g - exp(logp) * s``,    ``s = sum(g)``
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from .._config import EXACT_MATH, FASTMATH, JIT
+from ._math import exp, like
+from .schedule import driver
+from .softmax import same_buffer
+
+SOFTMAX = 0
+LOG_JVP = 1
+LOG_VJP = 2
+
+
+@njit(fastmath=FASTMATH, **JIT)
+def row_sum(y, v, mode):
+    s = 0.0
+    if mode == SOFTMAX:
+        for i in range(y.size):
+            s += np.float64(y[i] * v[i])
+    elif mode == LOG_JVP:
+        for i in range(y.size):
+            s += np.float64(exp(y[i]) * v[i])
+    else:
+        for i in range(v.size):
+            s += np.float64(v[i])
+    return s
+
+
+@njit(fastmath=EXACT_MATH, inline="always", **JIT)
+def _write_loop(y, v, out, s, mode):
+    if mode == SOFTMAX:
+        for i in range(out.size):
+            out[i] = y[i] * (v[i] - s)
+    elif mode == LOG_JVP:
+        for i in range(out.size):
+            out[i] = v[i] - s
+    else:
+        for i in range(out.size):
+            out[i] = v[i] - exp(y[i]) * s
+
+
+@njit(fastmath=EXACT_MATH, **JIT)
+def write_row(y, v, out, s, mode):
+    """The write pass; ``out`` may be ``y`` or ``v`` (one pointer then, so it vectorizes)."""
+    if same_buffer(v, out):
+        _write_loop(y, out, out, s, mode)
+    elif same_buffer(y, out):
+        _write_loop(out, v, out, s, mode)
+    else:
+        _write_loop(y, v, out, s, mode)
+
+
+@njit(fastmath=EXACT_MATH, inline="always", **JIT)
+def _write_per_column_loop(y, v, out, s, mode):
+    if mode == SOFTMAX:
+        for j in range(out.size):
+            out[j] = y[j] * (v[j] - s[j])
+    elif mode == LOG_JVP:
+        for j in range(out.size):
+            out[j] = v[j] - s[j]
+    else:
+        for j in range(out.size):
+            out[j] = v[j] - exp(y[j]) * s[j]
+
+
+@njit(fastmath=EXACT_MATH, **JIT)
+def write_row_per_column(y, v, out, s, mode):
+    """:func:`write_row` with a sum per element (column kernels)."""
+    if same_buffer(v, out):
+        _write_per_column_loop(y, out, out, s, mode)
+    elif same_buffer(y, out):
+        _write_per_column_loop(out, v, out, s, mode)
+    else:
+        _write_per_column_loop(y, v, out, s, mode)
+
+
+@driver
+def jvp_rows(y, v, out, mode):
+    for r in prange(out.shape[0]):
+        s = row_sum(y[r], v[r], mode)
+        write_row(y[r], v[r], out[r], like(s, out[r, 0]), mode)
+
+
+@driver
+def jvp_cols(y, v, out, mode, n_chunks):
+    """Reduction along axis 0 of views whose rows are contiguous: rows split in
+    chunks over the threads (sequential reads), partial sums merged in order,
+    SIMD across columns."""
+    n, n_cols = out.shape
+    parts = np.zeros((n_chunks, n_cols), np.float64)
+    for c in prange(n_chunks):
+        sums = parts[c]
+        for i in range(c * n // n_chunks, (c + 1) * n // n_chunks):
+            yi = y[i]
+            vi = v[i]
+            if mode == SOFTMAX:
+                for j in range(n_cols):
+                    sums[j] += np.float64(yi[j] * vi[j])
+            elif mode == LOG_JVP:
+                for j in range(n_cols):
+                    sums[j] += np.float64(exp(yi[j]) * vi[j])
+            else:
+                for j in range(n_cols):
+                    sums[j] += np.float64(vi[j])
+    s = np.empty(n_cols, out.dtype)
+    for j in range(n_cols):
+        total = 0.0
+        for c in range(n_chunks):
+            total += parts[c, j]
+        s[j] = total
+    for c in prange(n_chunks):
+        for i in range(c * n // n_chunks, (c + 1) * n // n_chunks):
+            write_row_per_column(y[i], v[i], out[i], s, mode)
+
+
+@driver
+def jvp_rows_split(y, v, out, mode, chunk):
+    """Few long rows, each split into chunks over all threads: chunk sums
+    merged in order (deterministic), then a parallel write pass."""
+    n_rows, n_cols = out.shape
+    n_chunks = (n_cols + chunk - 1) // chunk
+    parts = np.empty((n_rows, n_chunks), np.float64)
+    for t in prange(n_rows * n_chunks):
+        r = t // n_chunks
+        lo = (t - r * n_chunks) * chunk
+        hi = min(lo + chunk, n_cols)
+        parts.flat[t] = row_sum(y[r, lo:hi], v[r, lo:hi], mode)
+    sums = np.empty(n_rows, out.dtype)
+    for r in range(n_rows):
+        s = 0.0
+        for c in range(n_chunks):
+            s += parts[r, c]
+        sums[r] = s
+    for t in prange(n_rows * n_chunks):
+        r = t // n_chunks
+        lo = (t - r * n_chunks) * chunk
+        hi = min(lo + chunk, n_cols)
+        write_row(y[r, lo:hi], v[r, lo:hi], out[r, lo:hi], sums[r], mode)
