@@ -124,3 +124,34 @@ def jvp(kind: str, primal, tangent, axis=-1) -> np.ndarray:
     if kind == "log_softmax_jvp":
         return t - np.sum(np.exp(p) * t, axis=axis, keepdims=True)
     return t - np.exp(p) * np.sum(t, axis=axis, keepdims=True)
+
+
+def cross_entropy(x, target, axis=-1, weight=None, ignore_index=-100, reduction="mean",
+                  label_smoothing=0.0, z_loss=0.0):
+    """PyTorch's F.cross_entropy (+ z-loss) written in NumPy, float64."""
+    x = np.moveaxis(as_reference_input(x), axis, -1)
+    n_classes = x.shape[-1]
+    w = np.ones(n_classes) if weight is None else np.asarray(weight, np.float64)
+    logp = sp.log_softmax(x, axis=-1)
+    lse = sp.logsumexp(x, axis=-1)
+    eps = label_smoothing
+    target = np.asarray(target)
+    if target.dtype.kind == "f":
+        q = np.moveaxis(target.astype(np.float64), axis, -1) * (1 - eps) + eps / n_classes
+        per = -(w * q * logp).sum(-1) + z_loss * lse**2
+        if reduction == "none":
+            return per
+        return per.sum() / (per.size if reduction == "mean" else 1)
+    keep = target != ignore_index
+    t = np.where(keep, target, 0)
+    wt = np.where(keep, w[t], 0.0)
+    nll = -wt * np.take_along_axis(logp, t[..., None], -1)[..., 0]
+    smooth = np.where(keep, -(w * logp).sum(-1), 0.0)
+    z = np.where(keep, lse**2, 0.0)
+    if reduction == "none":
+        return (1 - eps) * nll + eps / n_classes * smooth + z_loss * z
+    if reduction == "sum":
+        return (1 - eps) * nll.sum() + eps / n_classes * smooth.sum() + z_loss * z.sum()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return ((1 - eps) * nll.sum() + eps / n_classes * smooth.sum()) / wt.sum() \
+            + z_loss * z.sum() / keep.sum()

@@ -10,6 +10,11 @@ from ._api.jacobian import (
     softmax_vjp,
 )
 from ._api.softmax import log_softmax, logsumexp, softmax
+from ._api.xent import (
+    softmax_cross_entropy,
+    softmax_cross_entropy_backward,
+    softmax_cross_entropy_with_grad,
+)
 
 __version__ = "0.1.0"
 
@@ -23,5 +28,8 @@ __all__ = [
     "log_softmax_jvp",
     "log_softmax_vjp",
     "softmax_jacobian",
+    "softmax_cross_entropy",
+    "softmax_cross_entropy_backward",
+    "softmax_cross_entropy_with_grad",
     "__version__",
 ]

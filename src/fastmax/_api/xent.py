@@ -1,0 +1,280 @@
+"""Softmax cross-entropy with PyTorch's semantics: forward, backward, fused."""
+
+from __future__ import annotations
+
+import math
+import operator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .._kernels import xent as K
+from .._layout import contiguous_for_rows, rows_view
+from .._validate import as_array, check_no_partial_overlap, check_out, float_dtypes, reduction_axes
+
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+@dataclass
+class _Problem:
+    """A validated cross-entropy call, laid out as 2-D rows (samples × classes)."""
+
+    func: str
+    logits: np.ndarray  # the input as given (for shapes and overlap checks)
+    rows: np.ndarray  # (samples, C) view in the compute dtype
+    axis: int
+    cdt: np.dtype
+    rdt: np.dtype
+    target_shape: tuple[int, ...]  # the per-sample shape
+    index: np.ndarray | None  # int64 class indices, one per row
+    probs: np.ndarray | None  # (samples, C) probabilities
+    weight: np.ndarray
+    ignore_index: int
+    reduction: str
+    smoothing: float
+    z_loss: float
+    denominator: float  # mean: summed weights of the kept targets (or samples)
+    kept: int  # samples not ignored
+
+
+def _number(value: Any, name: str, func: str, lo: float, hi: float) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{func}: {name} must be a number in [{lo}, {hi}], got {value!r}") from None
+    if not (math.isfinite(v) and lo <= v <= hi):
+        raise ValueError(f"{func}: {name} must be a number in [{lo}, {hi}], got {value!r}")
+    return v
+
+
+def _prepare(logits, target, axis, weight, ignore_index, reduction, label_smoothing, z_loss,
+             func: str) -> _Problem:
+    x = as_array(logits, "logits", func)
+    cdt, rdt = float_dtypes(x.dtype, "logits", func)
+    if x.ndim == 0:
+        raise ValueError(f"{func}: logits must have a class axis, got a 0-d array")
+    try:
+        operator.index(axis)
+    except TypeError:
+        raise TypeError(f"{func}: axis must be an int, got {axis!r}") from None
+    (ax,) = reduction_axes(axis, x.ndim, func)
+    n_classes = x.shape[ax]
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"{func}: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    smoothing = _number(label_smoothing, "label_smoothing", func, 0.0, 1.0)
+    z = _number(z_loss, "z_loss", func, 0.0, math.inf)
+    try:
+        ignore = operator.index(ignore_index)
+    except TypeError:
+        raise TypeError(f"{func}: ignore_index must be an int, got {ignore_index!r}") from None
+
+    if weight is None:
+        w = np.ones(n_classes, cdt)
+    else:
+        w = as_array(weight, "weight", func)
+        float_dtypes(w.dtype, "weight", func)
+        if w.shape != (n_classes,):
+            raise ValueError(f"{func}: weight has shape {w.shape}, expected ({n_classes},)")
+        w = np.ascontiguousarray(w, dtype=cdt)
+
+    t = as_array(target, "target", func)
+    batch_shape = x.shape[:ax] + x.shape[ax + 1 :]
+    rows = rows_view(x, (ax,)) if x.dtype == cdt else None
+    if rows is None:
+        rows = rows_view(contiguous_for_rows(x, (ax,), cdt), (ax,))
+    index = probs = None
+    if t.dtype.kind in "iu":
+        if t.shape != batch_shape:
+            raise ValueError(
+                f"{func}: target of class indices has shape {t.shape}, expected {batch_shape} "
+                f"(logits {x.shape} without axis {ax})"
+            )
+        flat = np.ascontiguousarray(t).reshape(-1)
+        index = flat.astype(np.int64)
+        if t.dtype.kind == "u" and t.dtype.itemsize == 8:
+            index[flat > np.iinfo(np.int64).max] = -1  # out of range whatever ignore_index is
+            if ignore == -1:
+                index[flat > np.iinfo(np.int64).max] = -2
+        bad, denominator, kept = K.check_targets(index, n_classes, ignore, w)
+        if bad >= 0:
+            where = np.unravel_index(bad, t.shape) if t.ndim else ()
+            raise ValueError(
+                f"{func}: target {flat[bad]} at index {tuple(int(i) for i in where)} is outside "
+                f"[0, {n_classes}) and is not ignore_index={ignore}"
+            )
+    elif t.dtype.kind == "f":
+        if t.shape != x.shape:
+            raise ValueError(
+                f"{func}: target of class probabilities has shape {t.shape}, expected the "
+                f"logits' shape {x.shape}"
+            )
+        probs = rows_view(t, (ax,)) if t.dtype == cdt else None
+        if probs is None:
+            probs = rows_view(contiguous_for_rows(t, (ax,), cdt), (ax,))
+        denominator, kept = float(rows.shape[0]), rows.shape[0]
+    else:
+        raise TypeError(
+            f"{func}: target must hold integer class indices or float probabilities, "
+            f"got dtype {t.dtype}"
+        )
+    return _Problem(func, x, rows, ax, cdt, rdt, batch_shape, index, probs, w, ignore,
+                    reduction, smoothing, z, float(denominator), int(kept))
+
+
+def _run(pb: _Problem, grad_rows: np.ndarray | None, scale, scale_z):
+    """One pass of the kernel: per-sample parts, and the gradient if asked."""
+    n = pb.rows.shape[0]
+    part_a = np.empty(n)
+    part_z = np.empty(n)
+    write = grad_rows is not None
+    out = grad_rows if write else np.empty((1, pb.rows.shape[1]), pb.cdt)
+    scale = scale if write else np.empty(1)
+    scale_z = scale_z if write else np.empty(1)
+    size = pb.rows.size
+    if pb.index is not None:
+        K.xent_index_rows(size, pb.rows, pb.index, pb.weight, pb.ignore_index, pb.smoothing,
+                          pb.z_loss, part_a, part_z, write, out, scale, scale_z)
+    else:
+        K.xent_prob_rows(size, pb.rows, pb.probs, pb.weight, pb.smoothing, pb.z_loss,
+                         part_a, part_z, write, out, scale, scale_z)
+    return part_a, part_z
+
+
+def _reduce(pb: _Problem, part_a: np.ndarray, part_z: np.ndarray):
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if pb.reduction == "none":
+            loss = part_a + pb.z_loss * part_z if pb.z_loss else part_a
+            return loss.reshape(pb.target_shape).astype(pb.rdt)
+        total = part_a.sum()
+        if pb.reduction == "mean":
+            total = np.float64(total) / pb.denominator
+            if pb.z_loss:
+                total += pb.z_loss * np.float64(part_z.sum()) / pb.kept
+        elif pb.z_loss:
+            total += pb.z_loss * part_z.sum()
+    return np.asarray(total, dtype=pb.rdt)[()]
+
+
+def _scales(pb: _Problem, grad: Any):
+    """Per-row multipliers of the gradient's two parts (see the kernel module)."""
+    n = pb.rows.shape[0]
+    if pb.reduction == "none":
+        g = as_array(grad, "grad", pb.func)
+        try:
+            g = np.broadcast_to(g, pb.target_shape)
+        except ValueError:
+            raise ValueError(
+                f"{pb.func}: grad of shape {g.shape} does not broadcast to the per-sample "
+                f"shape {pb.target_shape}"
+            ) from None
+        g = np.ascontiguousarray(g, dtype=np.float64).reshape(-1)
+        return g, g
+    if np.ndim(grad) != 0:
+        raise ValueError(f"{pb.func}: grad must be a scalar for reduction={pb.reduction!r}, "
+                         f"got shape {np.shape(grad)}")
+    g = float(grad)
+    if pb.reduction == "sum":
+        return np.full(n, g), np.full(n, g)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (np.full(n, np.float64(g) / pb.denominator),
+                np.full(n, np.float64(g) / max(pb.kept, 1)))
+
+
+def _gradient_buffer(pb: _Problem, out: Any):
+    """``(result, rows view to write, copy needed)`` for the gradient."""
+    x = pb.logits
+    if out is not None:
+        check_out(out, x.shape, pb.rdt, pb.func)
+        check_no_partial_overlap(out, x, pb.func, "logits")
+        result = out
+    else:
+        result = np.empty_like(x, dtype=pb.rdt)
+    view = rows_view(result, (pb.axis,)) if result.dtype == pb.cdt else None
+    if view is not None:
+        return result, view, None
+    buffer = np.empty(pb.rows.shape, pb.cdt)
+    return result, buffer, buffer
+
+
+def _finish_gradient(pb: _Problem, result: np.ndarray, buffer):
+    if buffer is not None:
+        moved = np.moveaxis(result, pb.axis, -1)
+        with np.errstate(over="ignore"):
+            np.copyto(moved, buffer.reshape(moved.shape), casting="unsafe")
+    return result
+
+
+_KEYWORDS_DOC = """
+    Parameters
+    ----------
+    logits : array_like
+        Unnormalised scores; the class axis is ``axis``.  float32/float64
+        compute in their own precision (float16 in float32; integers in float64).
+    target : array_like
+        Integer class indices shaped like ``logits`` without ``axis``, or float
+        class probabilities shaped like ``logits``.
+    axis : int, default -1
+        The class axis (``axis=1`` for PyTorch's (N, C, d1, ...) layout).
+    weight : array_like of length C, optional
+        Class weights, as in PyTorch (a weighted mean divides by the summed
+        weights of the non-ignored targets).
+    ignore_index : int, default -100
+        Index targets equal to it add nothing to the loss or the gradient.
+    reduction : {"mean", "sum", "none"}, default "mean"
+    label_smoothing : float in [0, 1], default 0.0
+    z_loss : float >= 0, default 0.0
+        Adds ``z_loss * logsumexp(logits)**2`` per non-ignored sample, reduced
+        the same way, not weighted by ``weight``.
+"""
+
+
+def softmax_cross_entropy(
+    logits: Any, target: Any, *, axis: int = -1, weight: Any = None, ignore_index: int = -100,
+    reduction: str = "mean", label_smoothing: float = 0.0, z_loss: float = 0.0,
+):
+    """Cross-entropy of softmax(logits) against ``target``, equal to
+    ``torch.nn.functional.cross_entropy`` (plus the optional z-loss).
+
+    Reads the logits once and allocates O(samples), never O(samples × C).
+    Returns a 0-d result of the logits' dtype for "mean"/"sum", an array of the
+    per-sample shape for "none".
+    """
+    pb = _prepare(logits, target, axis, weight, ignore_index, reduction, label_smoothing, z_loss,
+                  "softmax_cross_entropy")
+    return _reduce(pb, *_run(pb, None, None, None))
+
+
+def softmax_cross_entropy_backward(
+    logits: Any, target: Any, grad: Any = 1.0, *, axis: int = -1, weight: Any = None,
+    ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0,
+    z_loss: float = 0.0, out: np.ndarray | None = None,
+) -> np.ndarray:
+    """d(loss)/d(logits) of :func:`softmax_cross_entropy`, scaled by ``grad``
+    (a scalar for "mean"/"sum", an array of the per-sample shape for "none").
+    ``out`` (the logits' shape and result dtype) may be ``logits`` itself."""
+    pb = _prepare(logits, target, axis, weight, ignore_index, reduction, label_smoothing, z_loss,
+                  "softmax_cross_entropy_backward")
+    result, view, buffer = _gradient_buffer(pb, out)
+    _run(pb, view, *_scales(pb, grad))
+    return _finish_gradient(pb, result, buffer)
+
+
+def softmax_cross_entropy_with_grad(
+    logits: Any, target: Any, *, axis: int = -1, weight: Any = None, ignore_index: int = -100,
+    reduction: str = "mean", label_smoothing: float = 0.0, z_loss: float = 0.0,
+    out: np.ndarray | None = None,
+):
+    """``(loss, dlogits)`` for ``grad=1`` from one fused pass over the logits.
+
+    ``out=logits`` writes the gradient over the logits: no second buffer.
+    """
+    pb = _prepare(logits, target, axis, weight, ignore_index, reduction, label_smoothing, z_loss,
+                  "softmax_cross_entropy_with_grad")
+    result, view, buffer = _gradient_buffer(pb, out)
+    part_a, part_z = _run(pb, view, *_scales(pb, 1.0))
+    return _reduce(pb, part_a, part_z), _finish_gradient(pb, result, buffer)
+
+
+for _fn in (softmax_cross_entropy, softmax_cross_entropy_backward, softmax_cross_entropy_with_grad):
+    _fn.__doc__ += _KEYWORDS_DOC

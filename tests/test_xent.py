@@ -1,0 +1,224 @@
+"""Softmax cross-entropy against PyTorch (when installed) and a NumPy reference."""
+
+from __future__ import annotations
+
+import itertools
+import tracemalloc
+
+import numba
+import numpy as np
+import pytest
+
+import fastmax
+
+from . import reference as ref
+
+REDUCTIONS = ["mean", "sum", "none"]
+
+
+def _problem(rng, shape, axis, dtype, kind, ignore=True):
+    x = (rng.standard_normal(shape) * 3).astype(dtype)
+    n_classes = shape[axis]
+    batch = shape[:axis % len(shape)] + shape[axis % len(shape) + 1:]
+    if kind == "index":
+        t = rng.integers(0, n_classes, size=batch)
+        if ignore and t.size > 2:
+            t.flat[1] = -100
+            t.flat[-1] = -100
+    else:
+        t = rng.random(shape).astype(dtype)
+        t /= t.sum(axis=axis, keepdims=True)
+    return x, t
+
+
+# --- against PyTorch ---------------------------------------------------------
+
+try:  # torch is an optional test dependency
+    import torch
+    import torch.nn.functional as F
+except ImportError:  # pragma: no cover - torch not installed
+    torch = None
+
+needs_torch = pytest.mark.skipif(torch is None, reason="torch (optional) is not installed")
+
+
+def _torch_loss_and_grad(x, t, axis, weight, reduction, smoothing, upstream):
+    xt = torch.tensor(np.moveaxis(x, axis, 1) if x.ndim > 1 else x, requires_grad=True)
+    tt = torch.tensor(np.moveaxis(t, axis, 1) if t.dtype.kind == "f" and t.ndim > 1 else t)
+    wt = None if weight is None else torch.tensor(weight)
+    loss = F.cross_entropy(xt, tt, weight=wt, reduction=reduction, label_smoothing=smoothing)
+    if reduction == "none":
+        loss.backward(torch.tensor(upstream))
+    else:
+        loss.backward(torch.tensor(upstream, dtype=loss.dtype))
+    grad = xt.grad.numpy()
+    grad = np.moveaxis(grad, 1, axis) if x.ndim > 1 else grad
+    return loss.detach().numpy(), grad
+
+
+@needs_torch
+@pytest.mark.parametrize(
+    "reduction, smoothing, weighted, dtype, kind, axis",
+    list(itertools.product(REDUCTIONS, [0.0, 0.2, 1.0], [False, True], [np.float32, np.float64],
+                           ["index", "prob"], [-1, 1])),
+)
+def test_matches_torch(reduction, smoothing, weighted, dtype, kind, axis, rng):
+    shape = (6, 7, 5) if axis == 1 else (9, 11)
+    x, t = _problem(rng, shape, axis, dtype, kind)
+    n_classes = shape[axis]
+    weight = rng.random(n_classes).astype(dtype) + 0.1 if weighted else None
+    batch = t.shape if kind == "index" else shape[:axis % len(shape)] + shape[axis % len(shape) + 1:]
+    upstream = rng.standard_normal(batch).astype(dtype) if reduction == "none" else np.array(0.7, dtype)
+    exp_loss, exp_grad = _torch_loss_and_grad(x, t, axis, weight, reduction, smoothing, upstream)
+    kw = dict(axis=axis, weight=weight, reduction=reduction, label_smoothing=smoothing)
+    tol = dict(rtol=2e-5, atol=2e-6) if dtype == np.float32 else dict(rtol=1e-11, atol=1e-13)
+    loss = fastmax.softmax_cross_entropy(x, t, **kw)
+    assert np.asarray(loss).dtype == dtype
+    np.testing.assert_allclose(loss, exp_loss, **tol)
+    grad = fastmax.softmax_cross_entropy_backward(x, t, upstream if reduction == "none" else 0.7, **kw)
+    np.testing.assert_allclose(grad, exp_grad, **tol)
+    # fused, for grad = 1, in place over a copy of the logits
+    ones = np.ones_like(upstream)
+    _, exp_grad1 = _torch_loss_and_grad(x, t, axis, weight, reduction, smoothing, ones)
+    buf = x.copy()
+    loss2, grad2 = fastmax.softmax_cross_entropy_with_grad(buf, t, out=buf, **kw)
+    assert grad2 is buf
+    np.testing.assert_allclose(loss2, exp_loss, **tol)
+    np.testing.assert_allclose(grad2, exp_grad1, **tol)
+
+
+@needs_torch
+def test_all_ignored_mean_is_nan_like_torch():
+    x = np.zeros((3, 4))
+    t = np.full(3, -100)
+    assert np.isnan(fastmax.softmax_cross_entropy(x, t))
+    expected = F.cross_entropy(torch.tensor(x), torch.tensor(t)).item()
+    assert np.isnan(expected)
+    np.testing.assert_array_equal(fastmax.softmax_cross_entropy_backward(x, t), 0.0)
+
+
+# --- against the NumPy reference (no torch needed) ---------------------------
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("kind", ["index", "prob"])
+@pytest.mark.parametrize("z_loss", [0.0, 1e-3])
+def test_matches_numpy_reference_and_finite_differences(reduction, kind, z_loss, rng):
+    x, t = _problem(rng, (5, 6), -1, np.float64, kind)
+    w = rng.random(6) + 0.5
+    kw = dict(weight=w, reduction=reduction, label_smoothing=0.1, z_loss=z_loss)
+    loss = fastmax.softmax_cross_entropy(x, t, **kw)
+    np.testing.assert_allclose(loss, ref.cross_entropy(x, t, **kw), rtol=1e-12, atol=1e-14)
+    upstream = rng.standard_normal(5) if reduction == "none" else 1.3
+    grad = fastmax.softmax_cross_entropy_backward(x, t, upstream, **kw)
+    h = 1e-6
+    fd = np.empty_like(x)
+    for idx in np.ndindex(x.shape):
+        e = np.zeros_like(x)
+        e[idx] = h
+        diff = ref.cross_entropy(x + e, t, **kw) - ref.cross_entropy(x - e, t, **kw)
+        fd[idx] = np.sum(np.asarray(diff) * upstream) / (2 * h)
+    np.testing.assert_allclose(grad, fd, rtol=1e-6, atol=1e-8)
+
+
+def test_z_loss_adds_lse_squared_for_kept_samples(rng):
+    x, t = _problem(rng, (8, 10), -1, np.float64, "index")
+    lse = ref.logsumexp(x)
+    kept = t != -100
+    base = fastmax.softmax_cross_entropy(x, t, reduction="none")
+    with_z = fastmax.softmax_cross_entropy(x, t, reduction="none", z_loss=0.5)
+    np.testing.assert_allclose(with_z - base, np.where(kept, 0.5 * lse**2, 0.0), rtol=1e-12)
+    w = rng.random(10)
+    diff = (fastmax.softmax_cross_entropy(x, t, weight=w, z_loss=0.5)
+            - fastmax.softmax_cross_entropy(x, t, weight=w))
+    np.testing.assert_allclose(diff, 0.5 * np.mean(lse[kept] ** 2), rtol=1e-10)  # not weighted
+
+
+def test_class_axis_first_and_middle(rng):
+    x, t = _problem(rng, (4, 7, 3, 2), 1, np.float64, "index")
+    np.testing.assert_allclose(fastmax.softmax_cross_entropy(x, t, axis=1, reduction="none"),
+                               ref.cross_entropy(x, t, axis=1, reduction="none"), rtol=1e-12)
+    x, t = _problem(rng, (7, 30), 0, np.float64, "index")
+    np.testing.assert_allclose(fastmax.softmax_cross_entropy(x, t, axis=0),
+                               ref.cross_entropy(x, t, axis=0), rtol=1e-12)
+
+
+def test_results_do_not_depend_on_thread_count(rng):
+    x, t = _problem(rng, (20_000, 50), -1, np.float32, "index")
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = fastmax.softmax_cross_entropy_with_grad(x, t, label_smoothing=0.1)
+        numba.set_num_threads(before)
+        many = fastmax.softmax_cross_entropy_with_grad(x, t, label_smoothing=0.1)
+    finally:
+        numba.set_num_threads(before)
+    assert one[0] == many[0]
+    np.testing.assert_array_equal(one[1], many[1])
+
+
+@pytest.mark.parametrize("kind", ["index", "prob"])
+def test_no_full_size_temporaries(kind, rng):
+    x, t = _problem(rng, (16384, 512), -1, np.float32, kind)  # 32 MiB of logits
+    fastmax.softmax_cross_entropy_with_grad(x.copy(), t, out=None)  # compile first
+    buf = x.copy()
+    fastmax.softmax_cross_entropy_with_grad(buf, t, out=buf)
+    for fn in ("forward", "fused"):
+        buf = x.copy()
+        tracemalloc.start()
+        if fn == "forward":
+            fastmax.softmax_cross_entropy(buf, t)
+        else:
+            fastmax.softmax_cross_entropy_with_grad(buf, t, out=buf)
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        assert peak < x.nbytes // 32, (fn, peak)
+
+
+@pytest.mark.parametrize("bad", [5, -1, 2**40, -(2**40), 10**18])
+@pytest.mark.parametrize("fn", [fastmax.softmax_cross_entropy, fastmax.softmax_cross_entropy_backward,
+                                fastmax.softmax_cross_entropy_with_grad])
+def test_bad_targets_raise_and_touch_nothing(bad, fn, rng):
+    x = rng.standard_normal((4, 5))
+    before = x.copy()
+    t = np.array([0, 1, bad, 2], dtype=np.int64)
+    with pytest.raises(ValueError, match=f"target {bad} at index \\(2,\\)"):
+        fn(x, t)
+    np.testing.assert_array_equal(x, before)
+
+
+def test_other_errors(rng):
+    x = rng.standard_normal((4, 5))
+    t = np.array([0, 1, 2, 3])
+    f = fastmax.softmax_cross_entropy
+    with pytest.raises(ValueError, match="shape"):
+        f(x, np.array([0, 1, 2]))
+    with pytest.raises(ValueError, match="probabilities has shape"):
+        f(x, np.ones((4, 4)) / 4)
+    with pytest.raises(ValueError, match="weight has shape"):
+        f(x, t, weight=np.ones(4))
+    for eps in (-0.1, 1.5, np.nan):
+        with pytest.raises(ValueError, match="label_smoothing"):
+            f(x, t, label_smoothing=eps)
+    with pytest.raises(ValueError, match="reduction"):
+        f(x, t, reduction="avg")
+    with pytest.raises(ValueError, match="z_loss"):
+        f(x, t, z_loss=-1.0)
+    with pytest.raises(TypeError, match="bool"):
+        f(x, np.array([True, False, True, False]))
+    with pytest.raises(TypeError, match="complex"):
+        f(x.astype(complex), t)
+    with pytest.raises(np.exceptions.AxisError):
+        f(x, t, axis=2)
+    with pytest.raises(ValueError, match="grad must be a scalar"):
+        fastmax.softmax_cross_entropy_backward(x, t, np.ones(4))
+    with pytest.raises(ValueError, match="per-sample"):
+        fastmax.softmax_cross_entropy_backward(x, t, np.ones(3), reduction="none")
+    with pytest.raises(ValueError, match="shape"):
+        fastmax.softmax_cross_entropy_with_grad(x, t, out=np.empty((5, 4)))
+    # ignore_index with probabilities is fine (it is ignored)
+    q = np.full((4, 5), 0.2)
+    np.testing.assert_allclose(f(x, q, ignore_index=3), ref.cross_entropy(x, q), rtol=1e-12)
+    # a custom ignore_index
+    t2 = np.array([0, 7, 2, 7])
+    np.testing.assert_allclose(f(x, t2, ignore_index=7), ref.cross_entropy(x, t2, ignore_index=7),
+                               rtol=1e-12)
