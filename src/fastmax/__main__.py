@@ -56,11 +56,31 @@ def _numpy_hardmax(x, axis):
     return out
 
 
-def _vjp_inputs(x):
+def _vjp_inputs(x, axis):
     import fastmax
 
-    y = fastmax.softmax(x)
+    y = fastmax.softmax(x, axis=axis)
     return y, np.random.default_rng(1).standard_normal(x.shape).astype(x.dtype)
+
+
+def _xent_inputs(x, axis):
+    n_classes = x.shape[axis]
+    batch = x.shape[:axis % x.ndim] + x.shape[axis % x.ndim + 1:]
+    return x, np.random.default_rng(2).integers(0, n_classes, size=batch)
+
+
+def _torch_class_dim_1(t, axis):
+    """PyTorch wants classes on dim 1: (N, C) for the 2-D benchmark shapes."""
+    return t if axis in (-1, 1) else t.T
+
+
+def _torch_xent_fused(torch):
+    def run(x, t, axis):
+        x = x.detach().requires_grad_(True)
+        torch.nn.functional.cross_entropy(_torch_class_dim_1(x, axis), t).backward()
+        return x.grad
+
+    return run
 
 
 def operations(torch=None) -> dict[str, Op]:
@@ -69,7 +89,7 @@ def operations(torch=None) -> dict[str, Op]:
     import fastmax
 
     tf = None if torch is None else torch.nn.functional
-    single = lambda x: (x,)  # noqa: E731
+    single = lambda x, axis: (x,)  # noqa: E731
 
     def torch_op(fn):
         return None if torch is None else fn
@@ -99,6 +119,17 @@ def operations(torch=None) -> dict[str, Op]:
             lambda a, axis, out: fastmax.softmax_vjp(*a, axis=axis, out=out),
             None, lambda y, g, axis: y * (g - np.sum(y * g, axis=axis, keepdims=True)),
             torch_op(lambda y, g, axis: torch._softmax_backward_data(g, y, axis, y.dtype))),
+        "xent": Op(
+            "xent", "read", 1.0, _xent_inputs,
+            lambda x, t, axis: fastmax.softmax_cross_entropy(x, t, axis=axis), None,
+            None, None,
+            torch_op(lambda x, t, axis: tf.cross_entropy(_torch_class_dim_1(x, axis), t))),
+        "xent_fused": Op(
+            "xent_fused", "copy", 1.0, _xent_inputs,
+            lambda x, t, axis: fastmax.softmax_cross_entropy_with_grad(x, t, axis=axis),
+            lambda a, axis, out: fastmax.softmax_cross_entropy_with_grad(
+                a[0], a[1], axis=axis, out=a[0]),  # in place over the logits
+            None, None, torch_op(_torch_xent_fused(torch)) if torch is not None else None),
     }
 
 
@@ -170,7 +201,7 @@ def run_speed(ops, shapes, dtypes, repeat, baselines, torch) -> list[Row]:
             floor = _bench.floors(x, repeat)
             for op in ops.values():
                 _progress(done, total, f"{op.name} {np.dtype(dtype).name} {cls}")
-                args = op.inputs(x)
+                args = op.inputs(x, axis)
                 # The floor writes into an existing array, so the floor ratio times
                 # fastmax with ``out=`` (or in place); speed-ups compare allocating
                 # calls with allocating calls (a fresh output costs page faults).
@@ -357,7 +388,9 @@ def main(argv: list[str] | None = None) -> int:
     print("\n× floor: time with out= (hardmax: in place) over the copy floor, the read floor\n"
           "(logsumexp) or 1.5 copy floors (softmax_vjp: two inputs), measured in this run; 1.0 is\n"
           "the memory-bandwidth limit. Speed-ups compare allocating calls. PyTorch: F.softmax,\n"
-          "F.log_softmax, torch.logsumexp, zeros_like().scatter_(argmax), _softmax_backward_data.")
+          "F.log_softmax, torch.logsumexp, zeros_like().scatter_(argmax), _softmax_backward_data,\n"
+          "F.cross_entropy (xent) and F.cross_entropy(...).backward() (xent_fused: fastmax's\n"
+          "fused loss+gradient, in place over the logits for the floor ratio).")
     facts = info()
     print(f"\n{facts['cpu']} ({facts['cpu_count']} CPUs), Python {facts['python']}, NumPy {facts['numpy']}, "
           f"SciPy {facts['scipy']}, Numba {facts['numba']}, PyTorch {facts['torch'] or 'not installed'}, "

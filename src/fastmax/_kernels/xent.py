@@ -50,24 +50,12 @@ def check_targets(target, n_classes, ignore_index, weight):
     return -1, total_weight, kept
 
 
-@njit(fastmath=FASTMATH, **JIT)
-def _stats_index(x, w, smoothing):
-    """``(m, sum(exp(x - m)), sum(w * x))``; the last only when smoothing."""
-    m = row_max(x)
-    total = 0.0
-    for k in range(x.size):
-        total += np.float64(exp(x[k] - m))
-    xw = 0.0
-    if smoothing > 0.0:
-        for k in range(x.size):
-            xw += np.float64(w[k]) * np.float64(x[k])
-    return m, total, xw
-
-
-@njit(fastmath=FASTMATH, **JIT)
-def _stats_prob(x, q, w, smoothing):
-    """``(m, sum(exp(x - m)), A, B)`` for probability targets."""
-    m = row_max(x)
+@njit(fastmath=FASTMATH, inline="always", **JIT)
+def _exp_pass(x, w, q, out, m, smoothing, store, use_q):
+    """One pass over a row: ``sum(exp(x - m))`` and, for probability targets
+    (``use_q``), ``A = sum(w * q')`` and ``B = sum(w * q' * x)``, or else
+    ``sum(w * x)`` when smoothing.  With ``store``, ``out = exp(x - m)``:
+    the gradient pass then only rescales (one exp per element)."""
     n = x.size
     keep = 1.0 - smoothing
     spread = smoothing / n
@@ -75,35 +63,43 @@ def _stats_prob(x, q, w, smoothing):
     a = 0.0
     b = 0.0
     for k in range(n):
-        total += np.float64(exp(x[k] - m))
-        wq = np.float64(w[k]) * (np.float64(q[k]) * keep + spread)
-        a += wq
-        b += wq * np.float64(x[k])
-    return m, total, a, b
+        xk = x[k]
+        e = exp(xk - m)
+        total += np.float64(e)
+        if use_q:
+            wq = np.float64(w[k]) * (np.float64(q[k]) * keep + spread)
+            a += wq
+            b += wq * np.float64(xk)
+        elif smoothing > 0.0:
+            b += np.float64(w[k]) * np.float64(xk)
+        if store:
+            out[k] = e
+    return total, a, b
+
+
+@njit(fastmath=FASTMATH, **JIT)
+def row_pass(x, w, q, out, m, smoothing, store, use_q):
+    """:func:`_exp_pass`; ``out`` may be ``x`` (one pointer, so it vectorizes)."""
+    if store and same_buffer(x, out):
+        return _exp_pass(out, w, q, out, m, smoothing, store, use_q)
+    return _exp_pass(x, w, q, out, m, smoothing, store, use_q)
+
+
+@njit(fastmath=EXACT_MATH, **JIT)
+def rescale_pass(out, w, q, coef, minus, keep, spread, use_q):
+    """``out = out * coef - minus * w * q'`` (``q' = q * keep + spread``), or
+    ``out * coef - minus * w`` for index targets."""
+    if use_q:
+        for k in range(out.size):
+            out[k] = out[k] * coef - minus * w[k] * (q[k] * keep + spread)
+    else:
+        for k in range(out.size):
+            out[k] = out[k] * coef - minus * w[k]
 
 
 @njit(fastmath=FASTMATH, **JIT)
 def _lse(m, total):
     return np.float64(m) + math.log(total) if math.isfinite(m) else np.float64(m)
-
-
-@njit(fastmath=EXACT_MATH, inline="always", **JIT)
-def _grad_loop(x, w, q, out, m, coef, minus, use_q):
-    """``out_k = exp(x_k - m) * coef - minus * w_k (* q'_k)``."""
-    if use_q:
-        for k in range(out.size):
-            out[k] = exp(x[k] - m) * coef - minus * w[k] * q[k]
-    else:
-        for k in range(out.size):
-            out[k] = exp(x[k] - m) * coef - minus * w[k]
-
-
-@njit(fastmath=EXACT_MATH, **JIT)
-def _write_grad(x, w, q, out, m, coef, minus, use_q):
-    if same_buffer(x, out):
-        _grad_loop(out, w, q, out, m, coef, minus, use_q)
-    else:
-        _grad_loop(x, w, q, out, m, coef, minus, use_q)
 
 
 @driver
@@ -127,10 +123,12 @@ def xent_index_rows(x, target, w, ignore_index, smoothing, z_loss, part_a, part_
                 for k in range(n_classes):
                     orow[k] = 0
             continue
-        m, total, xw = _stats_index(xr, w, smoothing)
+        m = row_max(xr)
+        xt = np.float64(xr[t])  # before the pass may overwrite it (in place)
+        orow = out[r] if write_grad else out[0]
+        total, _, xw = row_pass(xr, w, w, orow, m, smoothing, write_grad, False)
         lse = _lse(m, total)
         wt = np.float64(w[t])
-        xt = np.float64(xr[t])
         a = (1.0 - smoothing) * wt * (lse - xt)
         if smoothing > 0.0:
             a += smoothing / n_classes * (total_w * lse - xw)
@@ -142,8 +140,8 @@ def xent_index_rows(x, target, w, ignore_index, smoothing, z_loss, part_a, part_
             a_smooth = smoothing / n_classes * s
             z_term = 2.0 * z_loss * lse * scale_z[r] if z_loss != 0.0 else 0.0
             coef = (a_nll + a_smooth * total_w + z_term) / total
-            orow = out[r]
-            _write_grad(xr, w, w, orow, m, like(coef, m), like(a_smooth, m), False)
+            one = like(1.0, m)
+            rescale_pass(orow, w, w, like(coef, m), like(a_smooth, m), one, one, False)
             orow[t] -= like(a_nll, m)
 
 
@@ -155,8 +153,9 @@ def xent_prob_rows(x, q, w, smoothing, z_loss, part_a, part_z, write_grad, out, 
     spread = like(smoothing / n_classes, x[0, 0])
     for r in prange(n_rows):
         xr = x[r]
-        qr = q[r]
-        m, total, a, b = _stats_prob(xr, qr, w, smoothing)
+        m = row_max(xr)
+        orow = out[r] if write_grad else out[0]
+        total, a, b = row_pass(xr, w, q[r], orow, m, smoothing, write_grad, True)
         lse = _lse(m, total)
         part_a[r] = a * lse - b
         part_z[r] = lse * lse
@@ -164,11 +163,4 @@ def xent_prob_rows(x, q, w, smoothing, z_loss, part_a, part_z, write_grad, out, 
             s = scale[r]
             z_term = 2.0 * z_loss * lse * scale_z[r] if z_loss != 0.0 else 0.0
             coef = (a * s + z_term) / total
-            orow = out[r]
-            if smoothing > 0.0:
-                # q' = q * keep + spread, written in terms of q for the loop.
-                _write_grad(xr, w, qr, orow, m, like(coef, m), like(s, m) * keep, True)
-                for k in range(n_classes):
-                    orow[k] -= like(s, m) * spread * w[k]
-            else:
-                _write_grad(xr, w, qr, orow, m, like(coef, m), like(s, m), True)
+            rescale_pass(orow, w, q[r], like(coef, m), like(s, m), keep, spread, True)
