@@ -18,15 +18,18 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 def pytest_addoption(parser):
     parser.addoption("--runslow", action="store_true", help="run tests marked slow")
+    parser.addoption("--run-bench", action="store_true", help="run the pytest-benchmark comparisons")
 
 
 def pytest_collection_modifyitems(config, items):
-    if config.getoption("--runslow"):
-        return
-    skip = pytest.mark.skip(reason="slow: use --runslow")
+    skips = {
+        "slow": (config.getoption("--runslow"), "slow: use --runslow"),
+        "bench": (config.getoption("--run-bench"), "benchmark: use --run-bench"),
+    }
     for item in items:
-        if "slow" in item.keywords:
-            item.add_marker(skip)
+        for marker, (enabled, reason) in skips.items():
+            if marker in item.keywords and not enabled:
+                item.add_marker(pytest.mark.skip(reason=reason))
 
 
 @pytest.fixture
