@@ -18,7 +18,9 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 def pytest_addoption(parser):
     parser.addoption("--runslow", action="store_true", help="run tests marked slow")
-    parser.addoption("--run-bench", action="store_true", help="run the pytest-benchmark comparisons")
+    parser.addoption(
+        "--run-bench", action="store_true", help="run the pytest-benchmark comparisons"
+    )
 
 
 def pytest_collection_modifyitems(config, items):

@@ -40,13 +40,17 @@ def logsumexp(x, axis=-1, b=None, keepdims=False, return_sign=False, where=None)
     """SciPy's logsumexp over the entries where ``where``."""
     x = as_reference_input(x)
     if where is not None:
-        mask = np.broadcast_to(where, np.broadcast_shapes(x.shape, np.shape(b) if b is not None else ()))
+        mask = np.broadcast_to(
+            where, np.broadcast_shapes(x.shape, np.shape(b) if b is not None else ())
+        )
         x = np.where(mask, x, -np.inf)
         if b is not None:
             b = np.where(mask, b, 0.0)
     if x.size == 0:  # SciPy fails on some empty inputs with a tuple axis; its rule is -inf, sign -1
         axes = tuple(range(x.ndim)) if axis is None else np.atleast_1d(axis) % x.ndim
-        shape = tuple(1 if i in axes else n for i, n in enumerate(x.shape) if keepdims or i not in axes)
+        shape = tuple(
+            1 if i in axes else n for i, n in enumerate(x.shape) if keepdims or i not in axes
+        )
         res = np.full(shape, -np.inf)
         return (res, np.full(shape, -1.0)) if return_sign else res
     with np.errstate(all="ignore"):
@@ -77,13 +81,18 @@ def assert_matches(actual, expected, dtype, *, scale=1.0, context=""):
         expected = np.asarray(expected).astype(dtype).astype(np.float64)
     assert actual.shape == expected.shape, (actual.shape, expected.shape, context)
     tol = tolerance(dtype)
-    np.testing.assert_array_equal(np.isnan(actual), np.isnan(expected), err_msg=f"NaN places {context}")
+    np.testing.assert_array_equal(
+        np.isnan(actual), np.isnan(expected), err_msg=f"NaN places {context}"
+    )
     inf_a = np.isinf(actual)
     np.testing.assert_array_equal(inf_a, np.isinf(expected), err_msg=f"inf places {context}")
     np.testing.assert_array_equal(actual[inf_a], expected[inf_a], err_msg=f"inf signs {context}")
     fin = np.isfinite(expected)
     np.testing.assert_allclose(
-        actual[fin], expected[fin], rtol=tol["rtol"], atol=tol["atol"] * max(1.0, scale),
+        actual[fin],
+        expected[fin],
+        rtol=tol["rtol"],
+        atol=tol["atol"] * max(1.0, scale),
         err_msg=context,
     )
 
@@ -99,7 +108,11 @@ def hardmax(x, axis=-1) -> np.ndarray:
     """One-hot of ``np.argmax`` along ``axis`` (an int, a tuple or None)."""
     x = as_reference_input(x)
     # Several axes: "first" in row-major order of the reduced axes, in array order.
-    axes = tuple(range(x.ndim)) if axis is None else tuple(sorted(np.atleast_1d(axis) % max(x.ndim, 1)))
+    axes = (
+        tuple(range(x.ndim))
+        if axis is None
+        else tuple(sorted(np.atleast_1d(axis) % max(x.ndim, 1)))
+    )
     out = np.zeros_like(x)
     if x.size == 0:
         return out
@@ -126,8 +139,16 @@ def jvp(kind: str, primal, tangent, axis=-1) -> np.ndarray:
     return t - np.exp(p) * np.sum(t, axis=axis, keepdims=True)
 
 
-def cross_entropy(x, target, axis=-1, weight=None, ignore_index=-100, reduction="mean",
-                  label_smoothing=0.0, z_loss=0.0):
+def cross_entropy(
+    x,
+    target,
+    axis=-1,
+    weight=None,
+    ignore_index=-100,
+    reduction="mean",
+    label_smoothing=0.0,
+    z_loss=0.0,
+):
     """PyTorch's F.cross_entropy (+ z-loss) written in NumPy, float64."""
     x = np.moveaxis(as_reference_input(x), axis, -1)
     n_classes = x.shape[-1]
@@ -153,5 +174,6 @@ def cross_entropy(x, target, axis=-1, weight=None, ignore_index=-100, reduction=
     if reduction == "sum":
         return (1 - eps) * nll.sum() + eps / n_classes * smooth.sum() + z_loss * z.sum()
     with np.errstate(invalid="ignore", divide="ignore"):
-        return ((1 - eps) * nll.sum() + eps / n_classes * smooth.sum()) / wt.sum() \
-            + z_loss * z.sum() / keep.sum()
+        return (
+            (1 - eps) * nll.sum() + eps / n_classes * smooth.sum()
+        ) / wt.sum() + z_loss * z.sum() / keep.sum()

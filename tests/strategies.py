@@ -14,7 +14,9 @@ def _elements(dtype):
     dtype = np.dtype(dtype)
     if dtype.kind == "f":
         big = float(np.finfo(dtype).max)
-        edge = st.sampled_from([np.nan, np.inf, -np.inf, 0.0, -0.0, big, -big, 1e38 if dtype != np.float16 else 6e4])
+        edge = st.sampled_from(
+            [np.nan, np.inf, -np.inf, 0.0, -0.0, big, -big, 1e38 if dtype != np.float16 else 6e4]
+        )
         normal = st.floats(-50, 50, width=dtype.itemsize * 8)
         return st.one_of(normal, normal, normal, edge)
     return hnp.from_dtype(dtype)
@@ -23,7 +25,9 @@ def _elements(dtype):
 @st.composite
 def arrays(draw, dtypes=ALL_DTYPES, max_dims=3, max_side=6, min_side=0):
     dtype = np.dtype(draw(st.sampled_from(dtypes)))
-    shape = draw(hnp.array_shapes(min_dims=1, max_dims=max_dims, min_side=min_side, max_side=max_side))
+    shape = draw(
+        hnp.array_shapes(min_dims=1, max_dims=max_dims, min_side=min_side, max_side=max_side)
+    )
     x = draw(hnp.arrays(dtype, shape, elements=_elements(dtype)))
     layout = draw(st.sampled_from(["C", "F", "strided", "transposed"]))
     if layout == "F":

@@ -21,8 +21,9 @@ def suite():
         sys.path.remove(str(ROOT))
     saved = dict(module.SHAPES)
     module.SHAPES.clear()
-    module.SHAPES.update({name: ((6, 5) if axis == -1 else (5, 6), axis)
-                          for name, (_, axis) in saved.items()})
+    module.SHAPES.update(
+        {name: ((6, 5) if axis == -1 else (5, 6), axis) for name, (_, axis) in saved.items()}
+    )
     yield module
     module.SHAPES.clear()
     module.SHAPES.update(saved)
@@ -36,8 +37,11 @@ def _combinations(cls, suite):
 
 def test_every_benchmark_runs_on_tiny_shapes(suite):
     ran = skipped = 0
-    for cls, method in ((suite.TimeOps, "time_op"), (suite.PeakMemory, "peakmem_op"),
-                        (suite.FloorRatio, "track_floor_ratio")):
+    for cls, method in (
+        (suite.TimeOps, "time_op"),
+        (suite.PeakMemory, "peakmem_op"),
+        (suite.FloorRatio, "track_floor_ratio"),
+    ):
         for combo in _combinations(cls, suite):
             bench = cls()
             try:

@@ -16,8 +16,9 @@ from . import reference as ref  # noqa: E402
 
 @pytest.fixture(scope="module")
 def client():
-    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                       dashboard_address=None)
+    cluster = distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    )
     with distributed.Client(cluster) as c:
         yield c
     cluster.close()
@@ -38,10 +39,13 @@ def test_lazy_and_split_over_chunks(client, data):
     lazy = fd.softmax(dx)
     assert isinstance(lazy, da.Array)  # nothing computed yet
     ref.assert_matches(lazy.compute(), fastmax.softmax(data), np.float64)
-    ref.assert_matches(fd.log_softmax(dx).compute(), fastmax.log_softmax(data), np.float64, scale=50)
+    ref.assert_matches(
+        fd.log_softmax(dx).compute(), fastmax.log_softmax(data), np.float64, scale=50
+    )
     ref.assert_matches(fd.logsumexp(dx).compute(), fastmax.logsumexp(data), np.float64, scale=50)
-    ref.assert_matches(fd.logsumexp(dx, axis=0).compute(), fastmax.logsumexp(data, axis=0),
-                       np.float64, scale=50)
+    ref.assert_matches(
+        fd.logsumexp(dx, axis=0).compute(), fastmax.logsumexp(data, axis=0), np.float64, scale=50
+    )
     np.testing.assert_array_equal(fd.hardmax(dx).compute(), fastmax.hardmax(data))
     np.testing.assert_array_equal(fd.hardmax(dx, axis=0).compute(), fastmax.hardmax(data, axis=0))
 
@@ -53,8 +57,9 @@ def test_where_and_temperature(client, data, rng):
     dx = da.from_array(finite, chunks=(20, 50))
     for name in ("softmax", "log_softmax"):
         got = getattr(fd, name)(dx, where=where, temperature=2.0).compute()
-        ref.assert_matches(got, getattr(fastmax, name)(finite, where=where, temperature=2.0),
-                           np.float64, scale=50)
+        ref.assert_matches(
+            got, getattr(fastmax, name)(finite, where=where, temperature=2.0), np.float64, scale=50
+        )
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
@@ -69,9 +74,12 @@ def test_cross_entropy(client, rng, reduction):
     np.testing.assert_allclose(got, fastmax.softmax_cross_entropy(x, t, **kw), rtol=2e-5, atol=1e-6)
     q = rng.random(x.shape).astype(np.float32)
     q /= q.sum(1, keepdims=True)
-    got = fd.softmax_cross_entropy(dx, da.from_array(q, chunks=(25, 40)), reduction=reduction).compute()
-    np.testing.assert_allclose(got, fastmax.softmax_cross_entropy(x, q, reduction=reduction),
-                               rtol=2e-5, atol=1e-6)
+    got = fd.softmax_cross_entropy(
+        dx, da.from_array(q, chunks=(25, 40)), reduction=reduction
+    ).compute()
+    np.testing.assert_allclose(
+        got, fastmax.softmax_cross_entropy(x, q, reduction=reduction), rtol=2e-5, atol=1e-6
+    )
 
 
 def test_bad_targets_raise_at_compute(client, rng):

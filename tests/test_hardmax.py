@@ -28,8 +28,10 @@ def test_hardmax_matches_argmax(data):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape, axis", [((300, 7), -1), ((300, 7), 0), ((64, 2000), -1),
-                                         ((700, 300), 0), ((3, 4, 5), (0, 2))])
+@pytest.mark.parametrize(
+    "shape, axis",
+    [((300, 7), -1), ((300, 7), 0), ((64, 2000), -1), ((700, 300), 0), ((3, 4, 5), (0, 2))],
+)
 def test_ties_nan_and_infinities(dtype, shape, axis, rng):
     x = rng.integers(0, 3, size=shape).astype(dtype)  # many ties
     flat = x.reshape(-1)
@@ -38,8 +40,9 @@ def test_ties_nan_and_infinities(dtype, shape, axis, rng):
     flat[rng.integers(0, flat.size, 20)] = -np.inf
     np.testing.assert_array_equal(fastmax.hardmax(x, axis=axis), ref.hardmax(x, axis=axis))
     all_neg_inf = np.full(shape, -np.inf, dtype)
-    np.testing.assert_array_equal(fastmax.hardmax(all_neg_inf, axis=axis),
-                                  ref.hardmax(all_neg_inf, axis=axis))
+    np.testing.assert_array_equal(
+        fastmax.hardmax(all_neg_inf, axis=axis), ref.hardmax(all_neg_inf, axis=axis)
+    )
 
 
 @pytest.mark.parametrize("layout", ["C", "F", "strided"])

@@ -26,8 +26,11 @@ def test_matches_formula_on_every_axis_and_layout(kind, data):
     shape = data.draw(hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=6))
     x = data.draw(hnp.arrays(np.float64, shape, elements=st.floats(-20, 20)))
     v = data.draw(hnp.arrays(np.float64, shape, elements=st.floats(-5, 5)))
-    axis = data.draw(st.one_of(st.integers(-len(shape), len(shape) - 1), st.none(),
-                               st.just(tuple(range(len(shape))))))
+    axis = data.draw(
+        st.one_of(
+            st.integers(-len(shape), len(shape) - 1), st.none(), st.just(tuple(range(len(shape))))
+        )
+    )
     p = _primal(kind, x, axis)
     layout = data.draw(st.sampled_from(["C", "F"]))
     if layout == "F":
@@ -45,7 +48,9 @@ def test_softmax_products_equal_the_explicit_jacobian(kind, axis, rng):
     jac = fastmax.softmax_jacobian(y, axis=axis)  # y with axis last, plus (C,)
     np.testing.assert_allclose(jac, ref.softmax_jacobian(y, axis=axis), rtol=1e-12, atol=1e-15)
     expected = np.moveaxis(np.einsum("...ij,...j->...i", jac, np.moveaxis(v, axis, -1)), -1, axis)
-    np.testing.assert_allclose(getattr(fastmax, kind)(y, v, axis=axis), expected, rtol=1e-10, atol=1e-13)
+    np.testing.assert_allclose(
+        getattr(fastmax, kind)(y, v, axis=axis), expected, rtol=1e-10, atol=1e-13
+    )
 
 
 @pytest.mark.parametrize("axis", [-1, 0, 1])
@@ -58,9 +63,12 @@ def test_central_finite_differences(kind, axis, rng):
     h = 1e-6
     if kind.endswith("jvp"):
         fd = (f(x + h * v, axis=axis) - f(x - h * v, axis=axis)) / (2 * h)
-        np.testing.assert_allclose(getattr(fastmax, kind)(p, v, axis=axis), fd, rtol=1e-6, atol=1e-8)
+        np.testing.assert_allclose(
+            getattr(fastmax, kind)(p, v, axis=axis), fd, rtol=1e-6, atol=1e-8
+        )
     else:
-        # <g, J v> = <J^T g, v>: the VJP paired with v equals the directional derivative paired with g.
+        # <g, J v> = <J^T g, v>: the VJP paired with v equals the directional
+        # derivative paired with g.
         g = rng.standard_normal(x.shape)
         dir_deriv = (f(x + h * v, axis=axis) - f(x - h * v, axis=axis)) / (2 * h)
         lhs = np.sum(getattr(fastmax, kind)(p, g, axis=axis) * v)
@@ -131,4 +139,6 @@ def test_long_rows_split_across_threads(kind, rng):
     x = rng.standard_normal((2, 3 * schedule.SPLIT_CHUNK + 5))
     p = _primal(kind, x, -1)
     v = rng.standard_normal(x.shape)
-    np.testing.assert_allclose(getattr(fastmax, kind)(p, v), ref.jvp(kind, p, v), rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(
+        getattr(fastmax, kind)(p, v), ref.jvp(kind, p, v), rtol=1e-10, atol=1e-14
+    )

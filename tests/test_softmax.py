@@ -32,8 +32,9 @@ def test_softmax_family_matches_scipy(fn, log, data):
     assert out.dtype == _result_dtype(x.dtype)
     assert out.shape == x.shape
     expected = ref.softmax(x, axis=axis, log=log)
-    ref.assert_matches(out, expected, x.dtype, scale=ref.magnitude(x) if log else 1.0,
-                       context=f"axis={axis}")
+    ref.assert_matches(
+        out, expected, x.dtype, scale=ref.magnitude(x) if log else 1.0, context=f"axis={axis}"
+    )
     np.testing.assert_array_equal(x, before)
 
 
@@ -59,8 +60,9 @@ def test_where_mask(fn, log, data):
     # A mask over the last axis only (broadcast) or over the whole array.
     full = data.draw(st.booleans())
     mshape = x.shape if full else x.shape[-1:]
-    where = data.draw(st.lists(st.booleans(), min_size=int(np.prod(mshape)),
-                               max_size=int(np.prod(mshape))))
+    where = data.draw(
+        st.lists(st.booleans(), min_size=int(np.prod(mshape)), max_size=int(np.prod(mshape)))
+    )
     where = np.array(where, dtype=bool).reshape(mshape)
     out = fn(x, axis=axis, where=where)
     expected = ref.softmax(x, axis=axis, where=where, log=log)
@@ -72,11 +74,22 @@ def test_where_mask(fn, log, data):
 def test_logsumexp_where_and_b(data):
     x = data.draw(arrays(dtypes=[np.float32, np.float64], min_side=1, max_dims=2))
     axis = data.draw(axes(x.ndim))
-    where = data.draw(st.one_of(st.none(), st.lists(st.booleans(), min_size=x.shape[-1],
-                                                    max_size=x.shape[-1]).map(np.array)))
-    b = data.draw(st.one_of(st.none(), st.lists(st.sampled_from([0.0, 1.0, -1.0, 0.5, 2.0]),
-                                                min_size=x.shape[-1], max_size=x.shape[-1])
-                            .map(np.array)))
+    where = data.draw(
+        st.one_of(
+            st.none(),
+            st.lists(st.booleans(), min_size=x.shape[-1], max_size=x.shape[-1]).map(np.array),
+        )
+    )
+    b = data.draw(
+        st.one_of(
+            st.none(),
+            st.lists(
+                st.sampled_from([0.0, 1.0, -1.0, 0.5, 2.0]),
+                min_size=x.shape[-1],
+                max_size=x.shape[-1],
+            ).map(np.array),
+        )
+    )
     return_sign = data.draw(st.booleans())
     got = fastmax.logsumexp(x, axis=axis, b=b, where=where, return_sign=return_sign)
     exp = ref.logsumexp(x, axis=axis, b=b, where=where, return_sign=return_sign)
@@ -174,15 +187,16 @@ def test_no_copy_for_suitable_input(rng):
 
 # --- the kernel paths the scheduler picks ------------------------------------
 
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize(
     "shape, axis",
     [
-        ((3, 2 * schedule.SPLIT_CHUNK + 17), -1),   # few long rows: split across threads
+        ((3, 2 * schedule.SPLIT_CHUNK + 17), -1),  # few long rows: split across threads
         ((5, schedule.CACHED_ROW_BYTES // 4 + 3), -1),  # rows too long to stay cached
-        ((300, 9), 0),                              # column kernel, several column blocks
-        ((2001, 600), 0),                           # column kernel: row chunks and blocks
-        ((40_000, 3), -1),                          # many short rows, parallel
+        ((300, 9), 0),  # column kernel, several column blocks
+        ((2001, 600), 0),  # column kernel: row chunks and blocks
+        ((40_000, 3), -1),  # many short rows, parallel
     ],
 )
 def test_kernel_paths(dtype, shape, axis, rng):
@@ -192,7 +206,9 @@ def test_kernel_paths(dtype, shape, axis, rng):
     x.flat[x.size // 3] = np.inf
     for fn, log in SOFTMAXES:
         got = fn(x, axis=axis)
-        ref.assert_matches(got, ref.softmax(x, axis=axis, log=log), dtype, scale=50, context=fn.__name__)
+        ref.assert_matches(
+            got, ref.softmax(x, axis=axis, log=log), dtype, scale=50, context=fn.__name__
+        )
     got = fastmax.logsumexp(x, axis=axis)
     ref.assert_matches(got, ref.logsumexp(x, axis=axis), dtype, scale=50)
 
@@ -229,5 +245,5 @@ def test_results_do_not_depend_on_thread_count(rng):
         many = [fastmax.softmax(x), fastmax.logsumexp(x), fastmax.softmax(y, axis=0)]
     finally:
         numba.set_num_threads(before)
-    for a, b in zip(one, many):
+    for a, b in zip(one, many, strict=True):
         np.testing.assert_array_equal(a, b)

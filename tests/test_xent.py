@@ -19,7 +19,7 @@ REDUCTIONS = ["mean", "sum", "none"]
 def _problem(rng, shape, axis, dtype, kind, ignore=True):
     x = (rng.standard_normal(shape) * 3).astype(dtype)
     n_classes = shape[axis]
-    batch = shape[:axis % len(shape)] + shape[axis % len(shape) + 1:]
+    batch = shape[: axis % len(shape)] + shape[axis % len(shape) + 1 :]
     if kind == "index":
         t = rng.integers(0, n_classes, size=batch)
         if ignore and t.size > 2:
@@ -59,23 +59,37 @@ def _torch_loss_and_grad(x, t, axis, weight, reduction, smoothing, upstream):
 @needs_torch
 @pytest.mark.parametrize(
     "reduction, smoothing, weighted, dtype, kind, axis",
-    list(itertools.product(REDUCTIONS, [0.0, 0.2, 1.0], [False, True], [np.float32, np.float64],
-                           ["index", "prob"], [-1, 1])),
+    list(
+        itertools.product(
+            REDUCTIONS,
+            [0.0, 0.2, 1.0],
+            [False, True],
+            [np.float32, np.float64],
+            ["index", "prob"],
+            [-1, 1],
+        )
+    ),
 )
 def test_matches_torch(reduction, smoothing, weighted, dtype, kind, axis, rng):
     shape = (6, 7, 5) if axis == 1 else (9, 11)
     x, t = _problem(rng, shape, axis, dtype, kind)
     n_classes = shape[axis]
     weight = rng.random(n_classes).astype(dtype) + 0.1 if weighted else None
-    batch = t.shape if kind == "index" else shape[:axis % len(shape)] + shape[axis % len(shape) + 1:]
-    upstream = rng.standard_normal(batch).astype(dtype) if reduction == "none" else np.array(0.7, dtype)
+    batch = (
+        t.shape if kind == "index" else shape[: axis % len(shape)] + shape[axis % len(shape) + 1 :]
+    )
+    upstream = (
+        rng.standard_normal(batch).astype(dtype) if reduction == "none" else np.array(0.7, dtype)
+    )
     exp_loss, exp_grad = _torch_loss_and_grad(x, t, axis, weight, reduction, smoothing, upstream)
     kw = dict(axis=axis, weight=weight, reduction=reduction, label_smoothing=smoothing)
     tol = dict(rtol=2e-5, atol=2e-6) if dtype == np.float32 else dict(rtol=1e-11, atol=1e-13)
     loss = fastmax.softmax_cross_entropy(x, t, **kw)
     assert np.asarray(loss).dtype == dtype
     np.testing.assert_allclose(loss, exp_loss, **tol)
-    grad = fastmax.softmax_cross_entropy_backward(x, t, upstream if reduction == "none" else 0.7, **kw)
+    grad = fastmax.softmax_cross_entropy_backward(
+        x, t, upstream if reduction == "none" else 0.7, **kw
+    )
     np.testing.assert_allclose(grad, exp_grad, **tol)
     # fused, for grad = 1, in place over a copy of the logits
     ones = np.ones_like(upstream)
@@ -98,6 +112,7 @@ def test_all_ignored_mean_is_nan_like_torch():
 
 
 # --- against the NumPy reference (no torch needed) ---------------------------
+
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("kind", ["index", "prob"])
@@ -128,18 +143,23 @@ def test_z_loss_adds_lse_squared_for_kept_samples(rng):
     with_z = fastmax.softmax_cross_entropy(x, t, reduction="none", z_loss=0.5)
     np.testing.assert_allclose(with_z - base, np.where(kept, 0.5 * lse**2, 0.0), rtol=1e-12)
     w = rng.random(10)
-    diff = (fastmax.softmax_cross_entropy(x, t, weight=w, z_loss=0.5)
-            - fastmax.softmax_cross_entropy(x, t, weight=w))
+    diff = fastmax.softmax_cross_entropy(
+        x, t, weight=w, z_loss=0.5
+    ) - fastmax.softmax_cross_entropy(x, t, weight=w)
     np.testing.assert_allclose(diff, 0.5 * np.mean(lse[kept] ** 2), rtol=1e-10)  # not weighted
 
 
 def test_class_axis_first_and_middle(rng):
     x, t = _problem(rng, (4, 7, 3, 2), 1, np.float64, "index")
-    np.testing.assert_allclose(fastmax.softmax_cross_entropy(x, t, axis=1, reduction="none"),
-                               ref.cross_entropy(x, t, axis=1, reduction="none"), rtol=1e-12)
+    np.testing.assert_allclose(
+        fastmax.softmax_cross_entropy(x, t, axis=1, reduction="none"),
+        ref.cross_entropy(x, t, axis=1, reduction="none"),
+        rtol=1e-12,
+    )
     x, t = _problem(rng, (7, 30), 0, np.float64, "index")
-    np.testing.assert_allclose(fastmax.softmax_cross_entropy(x, t, axis=0),
-                               ref.cross_entropy(x, t, axis=0), rtol=1e-12)
+    np.testing.assert_allclose(
+        fastmax.softmax_cross_entropy(x, t, axis=0), ref.cross_entropy(x, t, axis=0), rtol=1e-12
+    )
 
 
 def test_results_do_not_depend_on_thread_count(rng):
@@ -175,8 +195,14 @@ def test_no_full_size_temporaries(kind, rng):
 
 
 @pytest.mark.parametrize("bad", [5, -1, 2**40, -(2**40), 10**18])
-@pytest.mark.parametrize("fn", [fastmax.softmax_cross_entropy, fastmax.softmax_cross_entropy_backward,
-                                fastmax.softmax_cross_entropy_with_grad])
+@pytest.mark.parametrize(
+    "fn",
+    [
+        fastmax.softmax_cross_entropy,
+        fastmax.softmax_cross_entropy_backward,
+        fastmax.softmax_cross_entropy_with_grad,
+    ],
+)
 def test_bad_targets_raise_and_touch_nothing(bad, fn, rng):
     x = rng.standard_normal((4, 5))
     before = x.copy()
@@ -220,5 +246,6 @@ def test_other_errors(rng):
     np.testing.assert_allclose(f(x, q, ignore_index=3), ref.cross_entropy(x, q), rtol=1e-12)
     # a custom ignore_index
     t2 = np.array([0, 7, 2, 7])
-    np.testing.assert_allclose(f(x, t2, ignore_index=7), ref.cross_entropy(x, t2, ignore_index=7),
-                               rtol=1e-12)
+    np.testing.assert_allclose(
+        f(x, t2, ignore_index=7), ref.cross_entropy(x, t2, ignore_index=7), rtol=1e-12
+    )

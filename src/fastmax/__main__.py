@@ -12,8 +12,8 @@ import json
 import os
 import platform
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -65,7 +65,7 @@ def _vjp_inputs(x, axis):
 
 def _xent_inputs(x, axis):
     n_classes = x.shape[axis]
-    batch = x.shape[:axis % x.ndim] + x.shape[axis % x.ndim + 1:]
+    batch = x.shape[: axis % x.ndim] + x.shape[axis % x.ndim + 1 :]
     return x, np.random.default_rng(2).integers(0, n_classes, size=batch)
 
 
@@ -96,40 +96,88 @@ def operations(torch=None) -> dict[str, Op]:
 
     return {
         "softmax": Op(
-            "softmax", "copy", 1.0, single, fastmax.softmax,
+            "softmax",
+            "copy",
+            1.0,
+            single,
+            fastmax.softmax,
             lambda a, axis, out: fastmax.softmax(*a, axis=axis, out=out),
-            sp.softmax, _numpy_softmax, torch_op(lambda t, axis: tf.softmax(t, dim=axis))),
+            sp.softmax,
+            _numpy_softmax,
+            torch_op(lambda t, axis: tf.softmax(t, dim=axis)),
+        ),
         "log_softmax": Op(
-            "log_softmax", "copy", 1.0, single, fastmax.log_softmax,
+            "log_softmax",
+            "copy",
+            1.0,
+            single,
+            fastmax.log_softmax,
             lambda a, axis, out: fastmax.log_softmax(*a, axis=axis, out=out),
-            sp.log_softmax, _numpy_log_softmax,
-            torch_op(lambda t, axis: tf.log_softmax(t, dim=axis))),
+            sp.log_softmax,
+            _numpy_log_softmax,
+            torch_op(lambda t, axis: tf.log_softmax(t, dim=axis)),
+        ),
         "logsumexp": Op(
-            "logsumexp", "read", 1.0, single, fastmax.logsumexp, None,
-            sp.logsumexp, _numpy_logsumexp,
-            torch_op(lambda t, axis: torch.logsumexp(t, dim=axis))),
+            "logsumexp",
+            "read",
+            1.0,
+            single,
+            fastmax.logsumexp,
+            None,
+            sp.logsumexp,
+            _numpy_logsumexp,
+            torch_op(lambda t, axis: torch.logsumexp(t, dim=axis)),
+        ),
         "hardmax": Op(
-            "hardmax", "copy", 1.0, single, fastmax.hardmax,
+            "hardmax",
+            "copy",
+            1.0,
+            single,
+            fastmax.hardmax,
             lambda a, axis, out: fastmax.hardmax(a[0], axis=axis, out=a[0]),  # in place
-            None, _numpy_hardmax,
-            torch_op(lambda t, axis: torch.zeros_like(t).scatter_(
-                axis, t.argmax(dim=axis, keepdim=True), 1.0))),
+            None,
+            _numpy_hardmax,
+            torch_op(
+                lambda t, axis: torch.zeros_like(t).scatter_(
+                    axis, t.argmax(dim=axis, keepdim=True), 1.0
+                )
+            ),
+        ),
         "softmax_vjp": Op(
-            "softmax_vjp", "copy", 1.5, _vjp_inputs, fastmax.softmax_vjp,
+            "softmax_vjp",
+            "copy",
+            1.5,
+            _vjp_inputs,
+            fastmax.softmax_vjp,
             lambda a, axis, out: fastmax.softmax_vjp(*a, axis=axis, out=out),
-            None, lambda y, g, axis: y * (g - np.sum(y * g, axis=axis, keepdims=True)),
-            torch_op(lambda y, g, axis: torch._softmax_backward_data(g, y, axis, y.dtype))),
+            None,
+            lambda y, g, axis: y * (g - np.sum(y * g, axis=axis, keepdims=True)),
+            torch_op(lambda y, g, axis: torch._softmax_backward_data(g, y, axis, y.dtype)),
+        ),
         "xent": Op(
-            "xent", "read", 1.0, _xent_inputs,
-            lambda x, t, axis: fastmax.softmax_cross_entropy(x, t, axis=axis), None,
-            None, None,
-            torch_op(lambda x, t, axis: tf.cross_entropy(_torch_class_dim_1(x, axis), t))),
+            "xent",
+            "read",
+            1.0,
+            _xent_inputs,
+            lambda x, t, axis: fastmax.softmax_cross_entropy(x, t, axis=axis),
+            None,
+            None,
+            None,
+            torch_op(lambda x, t, axis: tf.cross_entropy(_torch_class_dim_1(x, axis), t)),
+        ),
         "xent_fused": Op(
-            "xent_fused", "copy", 1.0, _xent_inputs,
+            "xent_fused",
+            "copy",
+            1.0,
+            _xent_inputs,
             lambda x, t, axis: fastmax.softmax_cross_entropy_with_grad(x, t, axis=axis),
             lambda a, axis, out: fastmax.softmax_cross_entropy_with_grad(
-                a[0], a[1], axis=axis, out=a[0]),  # in place over the logits
-            None, None, torch_op(_torch_xent_fused(torch)) if torch is not None else None),
+                a[0], a[1], axis=axis, out=a[0]
+            ),  # in place over the logits
+            None,
+            None,
+            torch_op(_torch_xent_fused(torch)) if torch is not None else None,
+        ),
     }
 
 
@@ -146,7 +194,12 @@ def self_check(ops: dict[str, Op]) -> list[str]:
     rng = np.random.default_rng(0)
     failures = []
     for dtype, rtol in ((np.float64, 1e-12), (np.float32, 2e-5)):
-        for shape, axis in (((17, 33), -1), ((5, 3000), 0), ((2, 3, 70_000), (0, 2)), ((200_000,), -1)):
+        for shape, axis in (
+            ((17, 33), -1),
+            ((5, 3000), 0),
+            ((2, 3, 70_000), (0, 2)),
+            ((200_000,), -1),
+        ):
             x = (rng.standard_normal(shape) * 5).astype(dtype)
             x.flat[3] = np.nan
             x.flat[x.size // 2] = -np.inf
@@ -189,6 +242,58 @@ def _progress(done: int, total: int, label: str) -> None:
         sys.stderr.write("\n")
 
 
+def _measure(
+    op: Op, x: np.ndarray, axis: int, shape_class: str, floor, repeat: int, baselines: bool, torch
+) -> Row:
+    """Time one op on one array: fastmax (with ``out=`` and allocating) and the others."""
+    from . import _bench
+
+    args = op.inputs(x, axis)
+
+    def timed(fn, n=repeat):
+        with np.errstate(all="ignore"):
+            fn()  # compile / warm up outside the timing
+            return _bench.median_time(fn, n)
+
+    # The floor writes into an existing array, so the floor ratio times fastmax
+    # with ``out=`` (or in place); speed-ups compare allocating calls with
+    # allocating calls (a fresh output costs page faults).
+    t_alloc = timed(lambda: op.fastmax(*args, axis=axis))
+    t_fm = t_alloc
+    if op.fastmax_out is not None:
+        out = np.empty_like(x)
+        t_fm = timed(lambda: op.fastmax_out(args, axis, out))
+    floor_t = (floor.copy if op.floor == "copy" else floor.read) * op.floor_factor
+    nbytes = x.nbytes * (2 if op.floor == "copy" else 1) * op.floor_factor
+    small_enough = baselines and x.nbytes <= 600 * 2**20
+    few = max(3, repeat // 3)
+    t_sp = timed(lambda: op.scipy(*args, axis=axis), few) if small_enough and op.scipy else None
+    t_np = timed(lambda: op.numpy(*args, axis=axis), few) if small_enough and op.numpy else None
+    t_th = None
+    if op.torch is not None and torch is not None:
+        targs = [torch.from_numpy(a) for a in args]
+        t_th = timed(lambda: op.torch(*targs, axis))
+
+    def ms(t):
+        return None if t is None else t * 1e3
+
+    return Row(
+        op=op.name,
+        dtype=x.dtype.name,
+        shape_class=shape_class,
+        shape=list(x.shape),
+        axis=axis,
+        fastmax_ms=t_fm * 1e3,
+        fastmax_alloc_ms=t_alloc * 1e3,
+        floor_ms=floor_t * 1e3,
+        floor_ratio=t_fm / floor_t,
+        gb_per_s=_bench.gigabytes_per_second(nbytes, t_fm),
+        scipy_ms=ms(t_sp),
+        numpy_ms=ms(t_np),
+        torch_ms=ms(t_th),
+    )
+
+
 def run_speed(ops, shapes, dtypes, repeat, baselines, torch) -> list[Row]:
     from . import _bench
 
@@ -201,43 +306,7 @@ def run_speed(ops, shapes, dtypes, repeat, baselines, torch) -> list[Row]:
             floor = _bench.floors(x, repeat)
             for op in ops.values():
                 _progress(done, total, f"{op.name} {np.dtype(dtype).name} {cls}")
-                args = op.inputs(x, axis)
-                # The floor writes into an existing array, so the floor ratio times
-                # fastmax with ``out=`` (or in place); speed-ups compare allocating
-                # calls with allocating calls (a fresh output costs page faults).
-                op.fastmax(*args, axis=axis)  # compile / warm up outside the timing
-                t_alloc = _bench.median_time(lambda: op.fastmax(*args, axis=axis), repeat)
-                if op.fastmax_out is not None:
-                    out = np.empty_like(x)
-                    op.fastmax_out(args, axis, out)
-                    t_fm = _bench.median_time(lambda: op.fastmax_out(args, axis, out), repeat)
-                    del out
-                else:
-                    t_fm = t_alloc
-                floor_t = (floor.copy if op.floor == "copy" else floor.read) * op.floor_factor
-                nbytes = x.nbytes * (2 if op.floor == "copy" else 1) * op.floor_factor
-                t_sp = t_np = t_th = None
-                small_enough = x.nbytes <= 600 * 2**20
-                with np.errstate(all="ignore"):
-                    if baselines and small_enough and op.scipy is not None:
-                        t_sp = _bench.median_time(lambda: op.scipy(*args, axis=axis), max(3, repeat // 3))
-                    if baselines and small_enough and op.numpy is not None:
-                        t_np = _bench.median_time(lambda: op.numpy(*args, axis=axis), max(3, repeat // 3))
-                if op.torch is not None and torch is not None:
-                    targs = [torch.from_numpy(a) for a in args]
-                    op.torch(*targs, axis)
-                    t_th = _bench.median_time(lambda: op.torch(*targs, axis), repeat)
-                    del targs
-                del args
-                rows.append(Row(
-                    op=op.name, dtype=np.dtype(dtype).name, shape_class=cls, shape=list(shape),
-                    axis=axis, fastmax_ms=t_fm * 1e3, fastmax_alloc_ms=t_alloc * 1e3,
-                    floor_ms=floor_t * 1e3,
-                    floor_ratio=t_fm / floor_t, gb_per_s=_bench.gigabytes_per_second(nbytes, t_fm),
-                    scipy_ms=None if t_sp is None else t_sp * 1e3,
-                    numpy_ms=None if t_np is None else t_np * 1e3,
-                    torch_ms=None if t_th is None else t_th * 1e3,
-                ))
+                rows.append(_measure(op, x, axis, cls, floor, repeat, baselines, torch))
                 done += 1
             del x
     _progress(total, total, "done")
@@ -249,16 +318,20 @@ def _speedup(base, t):
 
 
 def format_table(rows: list[Row]) -> str:
-    head = ("| op | dtype | shape | ms (out=) | × floor | GB/s | ms (allocating) "
-            "| vs SciPy | vs NumPy | vs PyTorch |\n"
-            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    head = (
+        "| op | dtype | shape | ms (out=) | × floor | GB/s | ms (allocating) "
+        "| vs SciPy | vs NumPy | vs PyTorch |\n"
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"
+    )
     lines = [head]
     for r in rows:
         shape = "×".join(str(n) for n in r.shape) + ("" if r.axis == -1 else f" (axis {r.axis})")
         lines.append(
-            f"| {r.op} | {r.dtype} | {r.shape_class} {shape} | {r.fastmax_ms:.3f} | {r.floor_ratio:.2f} "
-            f"| {r.gb_per_s:.1f} | {r.fastmax_alloc_ms:.3f} | {_speedup(r.scipy_ms, r.fastmax_alloc_ms)} "
-            f"| {_speedup(r.numpy_ms, r.fastmax_alloc_ms)} | {_speedup(r.torch_ms, r.fastmax_alloc_ms)} |"
+            f"| {r.op} | {r.dtype} | {r.shape_class} {shape} | {r.fastmax_ms:.3f} "
+            f"| {r.floor_ratio:.2f} | {r.gb_per_s:.1f} | {r.fastmax_alloc_ms:.3f} "
+            f"| {_speedup(r.scipy_ms, r.fastmax_alloc_ms)} "
+            f"| {_speedup(r.numpy_ms, r.fastmax_alloc_ms)} "
+            f"| {_speedup(r.torch_ms, r.fastmax_alloc_ms)} |"
         )
     return "\n".join(lines)
 
@@ -280,7 +353,9 @@ def info() -> dict:
 
         _bench.parallel_read(np.zeros(4))
         layer = numba.threading_layer()
-    features = [f[1:] for f in binding.get_host_cpu_features().flatten().split(",") if f.startswith("+")]
+    features = [
+        f[1:] for f in binding.get_host_cpu_features().flatten().split(",") if f.startswith("+")
+    ]
     return {
         "fastmax": fastmax.__version__,
         "python": platform.python_version(),
@@ -329,21 +404,36 @@ def plot(rows: list[Row], path: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fastmax", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m fastmax",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--ops", default="all", help="comma-separated ops (default: all)")
-    parser.add_argument("--shapes", default=None,
-                        help="comma-separated shape classes (tall, classic, vocab, wide, row, axis0, incache, small)")
+    parser.add_argument(
+        "--shapes",
+        default=None,
+        help="comma-separated shape classes "
+        "(tall, classic, vocab, wide, row, axis0, incache, small)",
+    )
     parser.add_argument("--dtypes", default="float32,float64", help="comma-separated dtypes")
-    parser.add_argument("--threads", type=int, default=None, help="Numba threads (default: all cores)")
-    parser.add_argument("--full", action="store_true", help="the full-size shapes of PERF.md (needs ~2 GiB)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="Numba threads (default: all cores)"
+    )
+    parser.add_argument(
+        "--full", action="store_true", help="the full-size shapes of PERF.md (needs ~2 GiB)"
+    )
     parser.add_argument("--repeat", type=int, default=15, help="timings per measurement (median)")
     parser.add_argument("--no-baselines", action="store_true", help="skip the SciPy/NumPy timings")
     parser.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
     parser.add_argument("--json", metavar="PATH", help="write machine-readable results")
     parser.add_argument("--plot", metavar="PATH", help="write a PNG chart (needs matplotlib)")
-    parser.add_argument("--info", action="store_true", help="print versions and machine facts, then exit")
-    parser.add_argument("--skip-check", action="store_true", help="skip the self-check against SciPy")
+    parser.add_argument(
+        "--info", action="store_true", help="print versions and machine facts, then exit"
+    )
+    parser.add_argument(
+        "--skip-check", action="store_true", help="skip the self-check against SciPy"
+    )
     args = parser.parse_args(argv)
 
     import numba
@@ -380,21 +470,33 @@ def main(argv: list[str] | None = None) -> int:
             print("FAILED:\n  " + "\n  ".join(failures))
             return 1
         checked = sum(op.scipy is not None for op in ops.values())
-        print(f"  ok: {checked} ops × 2 dtypes × 4 shapes/axes agree with SciPy (NaN and -inf included)")
+        print(
+            f"  ok: {checked} ops × 2 dtypes × 4 shapes/axes agree with SciPy "
+            "(NaN and -inf included)"
+        )
 
-    print(f"Timing on {numba.get_num_threads()} threads (ratios from one run; see PERF.md) ...", flush=True)
+    print(
+        f"Timing on {numba.get_num_threads()} threads (ratios from one run; see PERF.md) ...",
+        flush=True,
+    )
     rows = run_speed(ops, shapes, dtypes, args.repeat, not args.no_baselines, torch)
     print(format_table(rows))
-    print("\n× floor: time with out= (hardmax: in place) over the copy floor, the read floor\n"
-          "(logsumexp) or 1.5 copy floors (softmax_vjp: two inputs), measured in this run; 1.0 is\n"
-          "the memory-bandwidth limit. Speed-ups compare allocating calls. PyTorch: F.softmax,\n"
-          "F.log_softmax, torch.logsumexp, zeros_like().scatter_(argmax), _softmax_backward_data,\n"
-          "F.cross_entropy (xent) and F.cross_entropy(...).backward() (xent_fused: fastmax's\n"
-          "fused loss+gradient, in place over the logits for the floor ratio).")
+    print(
+        "\n× floor: time with out= (hardmax: in place) over the copy floor, the read floor\n"
+        "(logsumexp) or 1.5 copy floors (softmax_vjp: two inputs), measured in this run; 1.0 is\n"
+        "the memory-bandwidth limit. Speed-ups compare allocating calls. PyTorch: F.softmax,\n"
+        "F.log_softmax, torch.logsumexp, zeros_like().scatter_(argmax), _softmax_backward_data,\n"
+        "F.cross_entropy (xent) and F.cross_entropy(...).backward() (xent_fused: fastmax's\n"
+        "fused loss+gradient, in place over the logits for the floor ratio)."
+    )
     facts = info()
-    print(f"\n{facts['cpu']} ({facts['cpu_count']} CPUs), Python {facts['python']}, NumPy {facts['numpy']}, "
-          f"SciPy {facts['scipy']}, Numba {facts['numba']}, PyTorch {facts['torch'] or 'not installed'}, "
-          f"threading layer {facts['threading_layer']}")
+    print(
+        f"\n{facts['cpu']} ({facts['cpu_count']} CPUs), Python {facts['python']}, "
+        f"NumPy {facts['numpy']}, "
+        f"SciPy {facts['scipy']}, Numba {facts['numba']}, "
+        f"PyTorch {facts['torch'] or 'not installed'}, "
+        f"threading layer {facts['threading_layer']}"
+    )
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"info": facts, "results": [asdict(r) for r in rows]}, fh, indent=2)

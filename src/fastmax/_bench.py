@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 from numba import njit, prange
@@ -96,7 +96,9 @@ def floors(x: np.ndarray, repeat: int) -> Floors:
 def input_array(shape: tuple[int, ...], dtype, seed: int = 0) -> np.ndarray:
     """Seeded logits-like data (standard normal times 4)."""
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal(shape, dtype=np.float32 if np.dtype(dtype) == np.float32 else np.float64)
+    x = rng.standard_normal(
+        shape, dtype=np.float32 if np.dtype(dtype) == np.float32 else np.float64
+    )
     x *= 4
     return x.astype(dtype, copy=False)
 

@@ -7,12 +7,23 @@
   on the exact order of operations, and to the elementwise write passes
   (``(v - max) - log(sum)`` must not become ``v - (max + log(sum))``).
 * ``JIT`` holds the options shared by every ``njit`` in the package.
+
+Importing this module also lets LLVM use 512-bit vectors and makes the TBB
+threading layer loadable (see the two functions below).
 """
 
 from __future__ import annotations
 
-FASTMATH = set({"nsz", "arcp", "contract", "afn", "reassoc"})
-EXACT_MATH = set({"contract"})
+import ctypes
+import glob
+import os
+import sys
+
+import numba
+from llvmlite import binding
+
+FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+EXACT_MATH = {"contract"}
 
 JIT = {"cache": True, "nogil": True, "error_model": "numpy", "boundscheck": False}
 
@@ -26,11 +37,6 @@ def _prefer_512_bit_vectors() -> None:
     ``FASTMAX_VECTOR_WIDTH`` is not ``256``; it takes effect for code compiled
     after fastmax is imported.
     """
-    import os
-
-    import numba
-    from llvmlite import binding
-
     if os.environ.get("NUMBA_CPU_FEATURES") or numba.config.CPU_FEATURES:
         return
     if os.environ.get("FASTMAX_VECTOR_WIDTH", "512") == "256":
@@ -40,4 +46,24 @@ def _prefer_512_bit_vectors() -> None:
         numba.config.CPU_FEATURES = features + ",-prefer-256-bit"
 
 
+def _make_tbb_loadable() -> None:
+    """Load the ``tbb`` wheel's library, if installed, so Numba can use its
+    thread- and fork-safe TBB threading layer.
+
+    In a plain virtual environment ``libtbb.so.12`` is not on the loader's
+    path and Numba reports TBB missing; loading it first (``RTLD_GLOBAL``)
+    fixes that.  Set ``FASTMAX_LOAD_TBB=0`` to leave Numba's choice alone.
+    """
+    if os.environ.get("FASTMAX_LOAD_TBB", "1") == "0":
+        return
+    for prefix in dict.fromkeys((sys.prefix, sys.base_prefix)):
+        for path in sorted(glob.glob(os.path.join(prefix, "lib", "libtbb.so.12*"))):
+            try:
+                ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+                return
+            except OSError:
+                continue
+
+
 _prefer_512_bit_vectors()
+_make_tbb_loadable()

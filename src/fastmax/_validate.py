@@ -65,21 +65,29 @@ def _axis_index(a: Any, func: str) -> int:
     try:
         return operator.index(a)
     except TypeError:
-        raise TypeError(f"{func}: axis must be an int, a tuple of ints or None, got {a!r}") from None
+        raise TypeError(
+            f"{func}: axis must be an int, a tuple of ints or None, got {a!r}"
+        ) from None
 
 
 def temperature_scale(temperature: Any, func: str) -> float:
-    """``1 / temperature``, for a finite temperature > 0."""
+    """``1 / temperature``, for a finite temperature > 0 (a number, not a string)."""
+    if isinstance(temperature, (str, bytes)):
+        raise ValueError(f"{func}: temperature must be a finite number > 0, got {temperature!r}")
     try:
         t = float(temperature)
     except (TypeError, ValueError):
-        raise ValueError(f"{func}: temperature must be a finite number > 0, got {temperature!r}") from None
+        raise ValueError(
+            f"{func}: temperature must be a finite number > 0, got {temperature!r}"
+        ) from None
     if not (math.isfinite(t) and t > 0):
         raise ValueError(f"{func}: temperature must be a finite number > 0, got {temperature!r}")
     return 1.0 / t
 
 
-def check_out(out: Any, shape: tuple[int, ...], dtype: np.dtype, func: str, name: str = "out") -> np.ndarray:
+def check_out(
+    out: Any, shape: tuple[int, ...], dtype: np.dtype, func: str, name: str = "out"
+) -> np.ndarray:
     """An ``out=`` array of exactly ``shape`` and ``dtype`` that can be written."""
     if not isinstance(out, np.ndarray):
         raise ValueError(f"{func}: {name} must be a numpy.ndarray, got {type(out).__name__}")
@@ -110,7 +118,9 @@ def check_no_partial_overlap(out: np.ndarray, x: np.ndarray, func: str, name: st
         raise ValueError(f"{func}: out overlaps {name} without being {name} itself")
 
 
-def broadcast_mask(where: Any, shape: tuple[int, ...], func: str, name: str = "where") -> np.ndarray:
+def broadcast_mask(
+    where: Any, shape: tuple[int, ...], func: str, name: str = "where"
+) -> np.ndarray:
     """``where`` as a read-only boolean view broadcast to ``shape``."""
     mask = as_array(where, name, func)
     if mask.dtype != np.bool_:

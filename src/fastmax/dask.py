@@ -31,7 +31,9 @@ def _input(x: Any, func: str) -> tuple[da.Array, np.dtype, np.dtype]:
 def _unsupported(func: str, **given) -> None:
     for name, value in given.items():
         if value is not None and value is not False:
-            raise NotImplementedError(f"fastmax.dask.{func}: {name}= is not supported on dask arrays")
+            raise NotImplementedError(
+                f"fastmax.dask.{func}: {name}= is not supported on dask arrays"
+            )
 
 
 def _lse_chunk(block, axis, keepdims):
@@ -40,8 +42,14 @@ def _lse_chunk(block, axis, keepdims):
 
 def _logsumexp(x: da.Array, axes: tuple[int, ...], keepdims: bool) -> da.Array:
     return da.reduction(
-        x, chunk=_lse_chunk, combine=_lse_chunk, aggregate=_lse_chunk,
-        axis=axes, keepdims=keepdims, dtype=x.dtype, concatenate=True,
+        x,
+        chunk=_lse_chunk,
+        combine=_lse_chunk,
+        aggregate=_lse_chunk,
+        axis=axes,
+        keepdims=keepdims,
+        dtype=x.dtype,
+        concatenate=True,
     )
 
 
@@ -121,8 +129,17 @@ def _checked_targets(block, n_classes, ignore_index):
     return block
 
 
-def softmax_cross_entropy(logits, target, *, axis=-1, weight=None, ignore_index=-100,
-                          reduction="mean", label_smoothing=0.0, z_loss=0.0):
+def softmax_cross_entropy(
+    logits,
+    target,
+    *,
+    axis=-1,
+    weight=None,
+    ignore_index=-100,
+    reduction="mean",
+    label_smoothing=0.0,
+    z_loss=0.0,
+):
     """:func:`fastmax.softmax_cross_entropy` on dask arrays, lazily.
 
     The class axis may be split over many chunks; per-sample terms are reduced
@@ -143,19 +160,23 @@ def softmax_cross_entropy(logits, target, *, axis=-1, weight=None, ignore_index=
     w_along = _along(da.from_array(w, chunks=(x.chunks[ax],)), x.ndim, ax)
     lse = _logsumexp(x, (ax,), keepdims=False)
     t = da.asarray(target)
-    batch_chunks = x.chunks[:ax] + x.chunks[ax + 1:]
+    batch_chunks = x.chunks[:ax] + x.chunks[ax + 1 :]
     if t.dtype.kind == "f":
         if t.shape != x.shape:
-            raise ValueError(f"{func}: target of probabilities has shape {t.shape}, expected {x.shape}")
+            raise ValueError(
+                f"{func}: target of probabilities has shape {t.shape}, expected {x.shape}"
+            )
         q = t.astype(cdt) * (1.0 - eps) + eps / n_classes
         per = (w_along * q * (da.expand_dims(lse, ax) - x)).sum(axis=ax)
         z = lse**2
         weight_sum = kept = per.size
     else:
-        batch_shape = x.shape[:ax] + x.shape[ax + 1:]
+        batch_shape = x.shape[:ax] + x.shape[ax + 1 :]
         if t.shape != batch_shape:
             raise ValueError(f"{func}: target has shape {t.shape}, expected {batch_shape}")
-        t = t.rechunk(batch_chunks).map_blocks(_checked_targets, n_classes, ignore_index, dtype=t.dtype)
+        t = t.rechunk(batch_chunks).map_blocks(
+            _checked_targets, n_classes, ignore_index, dtype=t.dtype
+        )
         keep = t != ignore_index
         hot = _along(da.arange(n_classes, chunks=x.chunks[ax]), x.ndim, ax) == da.expand_dims(t, ax)
         x_t = da.where(hot, x, 0).sum(axis=ax)

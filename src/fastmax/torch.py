@@ -64,8 +64,13 @@ class _CrossEntropy(torch.autograd.Function):
             raise TypeError("fastmax.torch: target must be a CPU tensor")
         t = target.detach().numpy()
         w = None if weight is None else _array(weight, "weight")
-        kw = dict(axis=1 if x.ndim > 1 else 0, weight=w, ignore_index=ignore_index,
-                  reduction=reduction, label_smoothing=label_smoothing)
+        kw = dict(
+            axis=1 if x.ndim > 1 else 0,
+            weight=w,
+            ignore_index=ignore_index,
+            reduction=reduction,
+            label_smoothing=label_smoothing,
+        )
         if input.requires_grad and reduction != "none":
             # One fused pass: the loss and its gradient for grad=1, scaled later.
             loss, dx = fastmax.softmax_cross_entropy_with_grad(x, t, **kw)
@@ -86,7 +91,8 @@ class _CrossEntropy(torch.autograd.Function):
         input, target = ctx.saved_tensors
         g = grad.detach().to(input.dtype).numpy()
         dx = fastmax.softmax_cross_entropy_backward(
-            input.detach().numpy(), target.numpy(), g if g.ndim else float(g), **ctx.kw)
+            input.detach().numpy(), target.numpy(), g if g.ndim else float(g), **ctx.kw
+        )
         return torch.from_numpy(dx), None, None, None, None, None
 
 

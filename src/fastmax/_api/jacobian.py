@@ -22,8 +22,13 @@ from .._validate import (
 def _run(y: np.ndarray, v: np.ndarray, out: np.ndarray, mode: int) -> None:
     """Dispatch 2-D views (same shape) to the row or column kernel."""
     size = out.size
-    if (out.shape[1] > 1 and not unit_stride(out, 1)
-            and unit_stride(y, 0) and unit_stride(v, 0) and unit_stride(out, 0)):
+    if (
+        out.shape[1] > 1
+        and not unit_stride(out, 1)
+        and unit_stride(y, 0)
+        and unit_stride(v, 0)
+        and unit_stride(out, 0)
+    ):
         K.jvp_cols(size, y.T, v.T, out.T, mode, column_chunks(out.shape[1]))
     elif size >= 2 * SPLIT_CHUNK and split_rows(*out.shape):
         K.jvp_rows_split(size, y, v, out, mode, SPLIT_CHUNK)
@@ -109,19 +114,25 @@ def softmax_vjp(y: Any, g: Any, axis: Any = -1, *, out: np.ndarray | None = None
     return _jacobian_product(y, g, axis, out, K.SOFTMAX, "softmax_vjp", "y", "g")
 
 
-def log_softmax_jvp(logp: Any, v: Any, axis: Any = -1, *, out: np.ndarray | None = None) -> np.ndarray:
+def log_softmax_jvp(
+    logp: Any, v: Any, axis: Any = -1, *, out: np.ndarray | None = None
+) -> np.ndarray:
     """Jacobian-vector product of log_softmax at ``logp``: ``v - sum(exp(logp) * v)``."""
     return _jacobian_product(logp, v, axis, out, K.LOG_JVP, "log_softmax_jvp", "logp", "v")
 
 
-def log_softmax_vjp(logp: Any, g: Any, axis: Any = -1, *, out: np.ndarray | None = None) -> np.ndarray:
+def log_softmax_vjp(
+    logp: Any, g: Any, axis: Any = -1, *, out: np.ndarray | None = None
+) -> np.ndarray:
     """Vector-Jacobian product of log_softmax at ``logp``: ``g - exp(logp) * sum(g)``."""
     return _jacobian_product(logp, g, axis, out, K.LOG_VJP, "log_softmax_vjp", "logp", "g")
 
 
 for _fn, _names in (
-    (softmax_jvp, ("y", "v")), (softmax_vjp, ("y", "g")),
-    (log_softmax_jvp, ("logp", "v")), (log_softmax_vjp, ("logp", "g")),
+    (softmax_jvp, ("y", "v")),
+    (softmax_vjp, ("y", "g")),
+    (log_softmax_jvp, ("logp", "v")),
+    (log_softmax_vjp, ("logp", "g")),
 ):
     _fn.__doc__ += _DOC.format(p=_names[0], t=_names[1])
 

@@ -59,7 +59,9 @@ def _softmax_rows(src: np.ndarray, dst: np.ndarray, mask, scale, log: bool) -> N
         K.softmax_rows_split(size, src, dst, scale, log, SPLIT_CHUNK, m, total)
     elif n_cols > 1 and unit_stride(src, 0) and unit_stride(dst, 0) and not unit_stride(src, 1):
         xt, chunks = src.T, column_chunks(n_cols)
-        m, total = K.column_stats_chunked(size, xt, scale, chunks, column_block_rows(n_rows, src.itemsize))
+        m, total = K.column_stats_chunked(
+            size, xt, scale, chunks, column_block_rows(n_rows, src.itemsize)
+        )
         K.softmax_cols_write(size, xt, dst.T, scale, log, chunks, m, total)
     else:
         cached = cached_rows(n_cols, src.itemsize)
@@ -67,16 +69,25 @@ def _softmax_rows(src: np.ndarray, dst: np.ndarray, mask, scale, log: bool) -> N
 
 
 def _softmax_family(x, axis, out, where, temperature, log: bool, func: str):
-    if (out is None and where is None and type(temperature) in (float, int)
-            and temperature == 1 and fast_path(x, axis)):
+    if (
+        out is None
+        and where is None
+        and type(temperature) in (float, int)
+        and temperature == 1
+        and fast_path(x, axis)
+    ):
         n_cols = x.shape[-1]
         result = np.empty_like(x)
-        _softmax_rows(x.reshape(-1, n_cols), result.reshape(-1, n_cols), None,
-                      x.dtype.type(1.0), log)
+        _softmax_rows(
+            x.reshape(-1, n_cols), result.reshape(-1, n_cols), None, x.dtype.type(1.0), log
+        )
         return result
     job = elementwise_job(x, axis, out, func)
-    scale = job.dst.dtype.type(temperature_scale(temperature, func)) if job.dst is not None \
+    scale = (
+        job.dst.dtype.type(temperature_scale(temperature, func))
+        if job.dst is not None
         else temperature_scale(temperature, func)
+    )
     mask = broadcast_mask(where, job.arr.shape, func) if where is not None else None
     if job.src is not None:
         _softmax_rows(job.src, job.dst, _mask_rows(mask, job.axes), scale, log)
@@ -147,7 +158,8 @@ def _logsumexp_rows(src: np.ndarray, res: np.ndarray) -> None:
     elif n_cols > 1 and unit_stride(src, 0) and not unit_stride(src, 1):
         xt = src.T
         m, total = K.column_stats_chunked(
-            size, xt, one, column_chunks(n_cols), column_block_rows(n_rows, src.itemsize))
+            size, xt, one, column_chunks(n_cols), column_block_rows(n_rows, src.itemsize)
+        )
         K.logsumexp_of_columns(xt, one, m, total, res)
     else:
         K.logsumexp_rows(size, src, one, res, row_blocks(n_rows))
@@ -207,7 +219,8 @@ def logsumexp(
             shape = np.broadcast_shapes(arr.shape, weights.shape)
         except ValueError:
             raise ValueError(
-                f"{func}: b of shape {weights.shape} does not broadcast against x of shape {arr.shape}"
+                f"{func}: b of shape {weights.shape} does not broadcast against "
+                f"x of shape {arr.shape}"
             ) from None
         arr = np.broadcast_to(arr, shape)
         weights = np.broadcast_to(weights, shape)

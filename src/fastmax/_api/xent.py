@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from .._kernels import xent as K
-from .._layout import contiguous_for_rows, rows_view
+from .._layout import contiguous_for_rows, rows_view, unit_stride
 from .._validate import as_array, check_no_partial_overlap, check_out, float_dtypes, reduction_axes
 
 _REDUCTIONS = ("mean", "sum", "none")
@@ -42,14 +42,17 @@ def _number(value: Any, name: str, func: str, lo: float, hi: float) -> float:
     try:
         v = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{func}: {name} must be a number in [{lo}, {hi}], got {value!r}") from None
+        raise ValueError(
+            f"{func}: {name} must be a number in [{lo}, {hi}], got {value!r}"
+        ) from None
     if not (math.isfinite(v) and lo <= v <= hi):
         raise ValueError(f"{func}: {name} must be a number in [{lo}, {hi}], got {value!r}")
     return v
 
 
-def _prepare(logits, target, axis, weight, ignore_index, reduction, label_smoothing, z_loss,
-             func: str) -> _Problem:
+def _prepare(
+    logits, target, axis, weight, ignore_index, reduction, label_smoothing, z_loss, func: str
+) -> _Problem:
     x = as_array(logits, "logits", func)
     cdt, rdt = float_dtypes(x.dtype, "logits", func)
     if x.ndim == 0:
@@ -118,26 +121,106 @@ def _prepare(logits, target, axis, weight, ignore_index, reduction, label_smooth
             f"{func}: target must hold integer class indices or float probabilities, "
             f"got dtype {t.dtype}"
         )
-    return _Problem(func, x, rows, ax, cdt, rdt, batch_shape, index, probs, w, ignore,
-                    reduction, smoothing, z, float(denominator), int(kept))
+    return _Problem(
+        func,
+        x,
+        rows,
+        ax,
+        cdt,
+        rdt,
+        batch_shape,
+        index,
+        probs,
+        w,
+        ignore,
+        reduction,
+        smoothing,
+        z,
+        float(denominator),
+        int(kept),
+    )
+
+
+#: Samples per block when the class axis is strided (gathered into a buffer).
+_GATHER_BYTES = 1 << 23
+
+
+def _kernel(pb: _Problem, rows, index, probs, part_a, part_z, grad_rows, scale, scale_z):
+    write = grad_rows is not None
+    out = grad_rows if write else np.empty((1, rows.shape[1]), pb.cdt)
+    scale = scale if write else np.empty(1)
+    scale_z = scale_z if write else np.empty(1)
+    if index is not None:
+        K.xent_index_rows(
+            rows.size,
+            rows,
+            index,
+            pb.weight,
+            pb.ignore_index,
+            pb.smoothing,
+            pb.z_loss,
+            part_a,
+            part_z,
+            write,
+            out,
+            scale,
+            scale_z,
+        )
+    else:
+        K.xent_prob_rows(
+            rows.size,
+            rows,
+            probs,
+            pb.weight,
+            pb.smoothing,
+            pb.z_loss,
+            part_a,
+            part_z,
+            write,
+            out,
+            scale,
+            scale_z,
+        )
 
 
 def _run(pb: _Problem, grad_rows: np.ndarray | None, scale, scale_z):
     """One pass of the kernel: per-sample parts, and the gradient if asked."""
-    n = pb.rows.shape[0]
+    n, n_classes = pb.rows.shape
     part_a = np.empty(n)
     part_z = np.empty(n)
-    write = grad_rows is not None
-    out = grad_rows if write else np.empty((1, pb.rows.shape[1]), pb.cdt)
-    scale = scale if write else np.empty(1)
-    scale_z = scale_z if write else np.empty(1)
-    size = pb.rows.size
-    if pb.index is not None:
-        K.xent_index_rows(size, pb.rows, pb.index, pb.weight, pb.ignore_index, pb.smoothing,
-                          pb.z_loss, part_a, part_z, write, out, scale, scale_z)
-    else:
-        K.xent_prob_rows(size, pb.rows, pb.probs, pb.weight, pb.smoothing, pb.z_loss,
-                         part_a, part_z, write, out, scale, scale_z)
+    contiguous = unit_stride(pb.rows, 1) and (grad_rows is None or unit_stride(grad_rows, 1))
+    if contiguous or n == 1:
+        _kernel(pb, pb.rows, pb.index, pb.probs, part_a, part_z, grad_rows, scale, scale_z)
+        return part_a, part_z
+    # A strided class axis (e.g. axis=0): gather blocks of samples into a bounded
+    # contiguous buffer, run the row kernel there, scatter the gradient back.
+    block = max(1, _GATHER_BYTES // (n_classes * pb.rows.itemsize))
+    buf = np.empty((min(block, n), n_classes), pb.cdt)
+    pbuf = np.empty_like(buf) if pb.probs is not None else None
+    for s0 in range(0, n, block):
+        s1 = min(s0 + block, n)
+        xb = buf[: s1 - s0]
+        # The sample axis is the contiguous one: copy along it (transposed views).
+        K.copy_rows(xb.size, pb.rows[s0:s1].T, xb.T)
+        qb = None
+        if pbuf is not None:
+            qb = pbuf[: s1 - s0]
+            K.copy_rows(qb.size, pb.probs[s0:s1].T, qb.T)
+        index = None if pb.index is None else pb.index[s0:s1]
+        write = grad_rows is not None
+        _kernel(
+            pb,
+            xb,
+            index,
+            qb,
+            part_a[s0:s1],
+            part_z[s0:s1],
+            xb if write else None,
+            scale[s0:s1] if write else None,
+            scale_z[s0:s1] if write else None,
+        )
+        if write:
+            K.copy_rows(xb.size, xb.T, grad_rows[s0:s1].T)
     return part_a, part_z
 
 
@@ -171,14 +254,18 @@ def _scales(pb: _Problem, grad: Any):
         g = np.ascontiguousarray(g, dtype=np.float64).reshape(-1)
         return g, g
     if np.ndim(grad) != 0:
-        raise ValueError(f"{pb.func}: grad must be a scalar for reduction={pb.reduction!r}, "
-                         f"got shape {np.shape(grad)}")
+        raise ValueError(
+            f"{pb.func}: grad must be a scalar for reduction={pb.reduction!r}, "
+            f"got shape {np.shape(grad)}"
+        )
     g = float(grad)
     if pb.reduction == "sum":
         return np.full(n, g), np.full(n, g)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return (np.full(n, np.float64(g) / pb.denominator),
-                np.full(n, np.float64(g) / max(pb.kept, 1)))
+        return (
+            np.full(n, np.float64(g) / pb.denominator),
+            np.full(n, np.float64(g) / max(pb.kept, 1)),
+        )
 
 
 def _gradient_buffer(pb: _Problem, out: Any):
@@ -230,8 +317,15 @@ _KEYWORDS_DOC = """
 
 
 def softmax_cross_entropy(
-    logits: Any, target: Any, *, axis: int = -1, weight: Any = None, ignore_index: int = -100,
-    reduction: str = "mean", label_smoothing: float = 0.0, z_loss: float = 0.0,
+    logits: Any,
+    target: Any,
+    *,
+    axis: int = -1,
+    weight: Any = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
 ):
     """Cross-entropy of softmax(logits) against ``target``, equal to
     ``torch.nn.functional.cross_entropy`` (plus the optional z-loss).
@@ -240,37 +334,79 @@ def softmax_cross_entropy(
     Returns a 0-d result of the logits' dtype for "mean"/"sum", an array of the
     per-sample shape for "none".
     """
-    pb = _prepare(logits, target, axis, weight, ignore_index, reduction, label_smoothing, z_loss,
-                  "softmax_cross_entropy")
+    pb = _prepare(
+        logits,
+        target,
+        axis,
+        weight,
+        ignore_index,
+        reduction,
+        label_smoothing,
+        z_loss,
+        "softmax_cross_entropy",
+    )
     return _reduce(pb, *_run(pb, None, None, None))
 
 
 def softmax_cross_entropy_backward(
-    logits: Any, target: Any, grad: Any = 1.0, *, axis: int = -1, weight: Any = None,
-    ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0,
-    z_loss: float = 0.0, out: np.ndarray | None = None,
+    logits: Any,
+    target: Any,
+    grad: Any = 1.0,
+    *,
+    axis: int = -1,
+    weight: Any = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """d(loss)/d(logits) of :func:`softmax_cross_entropy`, scaled by ``grad``
     (a scalar for "mean"/"sum", an array of the per-sample shape for "none").
     ``out`` (the logits' shape and result dtype) may be ``logits`` itself."""
-    pb = _prepare(logits, target, axis, weight, ignore_index, reduction, label_smoothing, z_loss,
-                  "softmax_cross_entropy_backward")
+    pb = _prepare(
+        logits,
+        target,
+        axis,
+        weight,
+        ignore_index,
+        reduction,
+        label_smoothing,
+        z_loss,
+        "softmax_cross_entropy_backward",
+    )
     result, view, buffer = _gradient_buffer(pb, out)
     _run(pb, view, *_scales(pb, grad))
     return _finish_gradient(pb, result, buffer)
 
 
 def softmax_cross_entropy_with_grad(
-    logits: Any, target: Any, *, axis: int = -1, weight: Any = None, ignore_index: int = -100,
-    reduction: str = "mean", label_smoothing: float = 0.0, z_loss: float = 0.0,
+    logits: Any,
+    target: Any,
+    *,
+    axis: int = -1,
+    weight: Any = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
     out: np.ndarray | None = None,
 ):
     """``(loss, dlogits)`` for ``grad=1`` from one fused pass over the logits.
 
     ``out=logits`` writes the gradient over the logits: no second buffer.
     """
-    pb = _prepare(logits, target, axis, weight, ignore_index, reduction, label_smoothing, z_loss,
-                  "softmax_cross_entropy_with_grad")
+    pb = _prepare(
+        logits,
+        target,
+        axis,
+        weight,
+        ignore_index,
+        reduction,
+        label_smoothing,
+        z_loss,
+        "softmax_cross_entropy_with_grad",
+    )
     result, view, buffer = _gradient_buffer(pb, out)
     part_a, part_z = _run(pb, view, *_scales(pb, 1.0))
     return _reduce(pb, part_a, part_z), _finish_gradient(pb, result, buffer)

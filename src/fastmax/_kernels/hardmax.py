@@ -7,7 +7,7 @@ from numba import njit, prange
 
 from .._config import FASTMATH, JIT
 from .reduce import row_max
-from .schedule import driver
+from .schedule import chunk_of, driver
 
 
 @njit(fastmath=FASTMATH, **JIT)
@@ -94,18 +94,15 @@ def hardmax_rows_split(x, out, chunk):
     best = np.empty((n_rows, n_chunks), x.dtype)
     where = np.empty((n_rows, n_chunks), np.int64)
     for t in prange(n_rows * n_chunks):
-        r = t // n_chunks
-        lo = (t - r * n_chunks) * chunk
-        i = row_argmax(x[r, lo : min(lo + chunk, n_cols)])
+        r, lo, hi = chunk_of(t, n_chunks, chunk, n_cols)
+        i = row_argmax(x[r, lo:hi])
         best.flat[t] = x[r, lo + i]
         where.flat[t] = lo + i
     index = np.empty(n_rows, np.int64)
     for r in range(n_rows):
         index[r] = where[r, row_argmax(best[r])]
     for t in prange(n_rows * n_chunks):
-        r = t // n_chunks
-        lo = (t - r * n_chunks) * chunk
-        hi = min(lo + chunk, n_cols)
+        r, lo, hi = chunk_of(t, n_chunks, chunk, n_cols)
         o = out[r, lo:hi]
         for i in range(o.size):
             o[i] = 0

@@ -14,7 +14,7 @@ from numba import njit, prange
 
 from .._config import EXACT_MATH, FASTMATH, JIT
 from ._math import exp, like
-from .schedule import driver
+from .schedule import chunk_of, driver
 from .softmax import same_buffer
 
 SOFTMAX = 0
@@ -132,9 +132,7 @@ def jvp_rows_split(y, v, out, mode, chunk):
     n_chunks = (n_cols + chunk - 1) // chunk
     parts = np.empty((n_rows, n_chunks), np.float64)
     for t in prange(n_rows * n_chunks):
-        r = t // n_chunks
-        lo = (t - r * n_chunks) * chunk
-        hi = min(lo + chunk, n_cols)
+        r, lo, hi = chunk_of(t, n_chunks, chunk, n_cols)
         parts.flat[t] = row_sum(y[r, lo:hi], v[r, lo:hi], mode)
     sums = np.empty(n_rows, out.dtype)
     for r in range(n_rows):
@@ -143,7 +141,5 @@ def jvp_rows_split(y, v, out, mode, chunk):
             s += parts[r, c]
         sums[r] = s
     for t in prange(n_rows * n_chunks):
-        r = t // n_chunks
-        lo = (t - r * n_chunks) * chunk
-        hi = min(lo + chunk, n_cols)
+        r, lo, hi = chunk_of(t, n_chunks, chunk, n_cols)
         write_row(y[r, lo:hi], v[r, lo:hi], out[r, lo:hi], sums[r], mode)

@@ -1,11 +1,23 @@
 """The scheduler: which driver runs a call, serial or parallel, across rows
-or within them.  Thresholds were measured on a 2-core Zen 4 (see PERF.md)."""
+or within them.  Thresholds were measured on a 2-core AVX-512 Xeon.
+
+It also keeps parallel launches safe whatever Numba's threading layer:
+
+* ``workqueue`` aborts the process when two threads launch parallel kernels at
+  once: launches take a lock, and a caller that finds it taken runs the
+  serial variant instead of waiting (same results, bit for bit);
+* GNU OpenMP (``omp``) kills a forked child that launches threads after the
+  parent did: in such a child every call runs serially;
+* ``tbb`` is safe for both and needs nothing.
+"""
 
 from __future__ import annotations
 
+import os
+import threading
 import types as _pytypes
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numba
 from numba import njit
@@ -38,6 +50,46 @@ def _renamed(fn: Callable, suffix: str) -> Callable:
     return clone
 
 
+class _LaunchGuard:
+    """Decides whether a parallel launch is safe now (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.forked = False
+        self.layer: str | None = None
+
+    def after_fork_in_child(self) -> None:
+        self.forked = True
+        self.lock = threading.Lock()  # another thread may have held it at fork time
+
+    def threading_layer(self) -> str | None:
+        """Numba's layer, known once a parallel kernel has run in this process."""
+        if self.layer is None:
+            try:
+                self.layer = numba.threading_layer()
+            except ValueError:
+                return None
+        return self.layer
+
+    def run(self, parallel: Callable, serial: Callable, args) -> object:
+        layer = self.threading_layer()
+        if layer == "tbb":
+            return parallel(*args)
+        if layer == "omp":
+            return serial(*args) if self.forked else parallel(*args)
+        # workqueue, or not yet known: one launch at a time.
+        if not self.lock.acquire(blocking=False):
+            return serial(*args)
+        try:
+            return parallel(*args)
+        finally:
+            self.lock.release()
+
+
+GUARD = _LaunchGuard()
+os.register_at_fork(after_in_child=GUARD.after_fork_in_child)
+
+
 @dataclass(frozen=True)
 class Driver:
     """One kernel driver compiled twice: ``prange`` as threads, and as ``range``."""
@@ -47,7 +99,7 @@ class Driver:
 
     def __call__(self, n_elements: int, *args):
         if n_elements >= PARALLEL_MIN_ELEMENTS and numba.get_num_threads() > 1:
-            return self.parallel(*args)
+            return GUARD.run(self.parallel, self.serial, args)
         return self.serial(*args)
 
 
@@ -57,6 +109,14 @@ def driver(fn: Callable) -> Driver:
         parallel=njit(parallel=True, fastmath=FASTMATH, **JIT)(_renamed(fn, "_parallel")),
         serial=njit(parallel=False, fastmath=FASTMATH, **JIT)(_renamed(fn, "_serial")),
     )
+
+
+@njit(fastmath=FASTMATH, **JIT)
+def chunk_of(task, n_chunks, chunk, n_cols):
+    """Task ``task`` of a split-row kernel: its row and column bounds ``lo:hi``."""
+    r = task // n_chunks
+    lo = (task - r * n_chunks) * chunk
+    return r, lo, min(lo + chunk, n_cols)
 
 
 def split_rows(n_rows: int, n_cols: int) -> bool:

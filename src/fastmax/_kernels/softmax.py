@@ -27,7 +27,7 @@ from .reduce import (
     row_max_sumexp,
     sumexp_next_max,
 )
-from .schedule import driver
+from .schedule import chunk_of, driver
 
 
 @njit(fastmath=FASTMATH, **JIT)
@@ -189,9 +189,8 @@ def row_stats_split(x, scale, chunk):
     m_parts = np.empty((n_rows, n_chunks), x.dtype)
     total_parts = np.empty((n_rows, n_chunks), np.float64)
     for t in prange(n_rows * n_chunks):
-        r = t // n_chunks
-        lo = (t - r * n_chunks) * chunk
-        m, total = row_max_sumexp(x[r, lo : min(lo + chunk, n_cols)], scale)
+        r, lo, hi = chunk_of(t, n_chunks, chunk, n_cols)
+        m, total = row_max_sumexp(x[r, lo:hi], scale)
         m_parts.flat[t] = m
         total_parts.flat[t] = total
     m_rows = np.empty(n_rows, x.dtype)
@@ -207,9 +206,7 @@ def softmax_rows_split(x, out, scale, log, chunk, m_rows, total_rows):
     n_rows, n_cols = x.shape
     n_chunks = (n_cols + chunk - 1) // chunk
     for t in prange(n_rows * n_chunks):
-        r = t // n_chunks
-        lo = (t - r * n_chunks) * chunk
-        hi = min(lo + chunk, n_cols)
+        r, lo, hi = chunk_of(t, n_chunks, chunk, n_cols)
         shift, factor = finish(m_rows[r], total_rows[r], log)
         write_row(x[r, lo:hi], out[r, lo:hi], scale, shift, factor, log)
 
@@ -270,8 +267,16 @@ def column_stats_chunked(x, scale, n_chunks, block_rows):
     total_parts = np.empty((n_chunks, n_cols), np.float64)
     for c in prange(n_chunks):
         block_max = np.empty(n_cols, x.dtype)
-        column_stats(x, scale, c * n // n_chunks, (c + 1) * n // n_chunks, block_rows,
-                     m_parts[c], total_parts[c], block_max)
+        column_stats(
+            x,
+            scale,
+            c * n // n_chunks,
+            (c + 1) * n // n_chunks,
+            block_rows,
+            m_parts[c],
+            total_parts[c],
+            block_max,
+        )
     m = np.empty(n_cols, x.dtype)
     total = np.empty(n_cols, np.float64)
     _merge_column_stats(m_parts, total_parts, m, total)

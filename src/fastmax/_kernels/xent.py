@@ -103,8 +103,9 @@ def _lse(m, total):
 
 
 @driver
-def xent_index_rows(x, target, w, ignore_index, smoothing, z_loss, part_a, part_z,
-                    write_grad, out, scale, scale_z):
+def xent_index_rows(
+    x, target, w, ignore_index, smoothing, z_loss, part_a, part_z, write_grad, out, scale, scale_z
+):
     """Index targets.  ``scale``/``scale_z`` (per row) multiply the gradient of
     the NLL+smoothing part and of the z-loss part (the reduction's denominators
     and the upstream gradient)."""
@@ -164,3 +165,14 @@ def xent_prob_rows(x, q, w, smoothing, z_loss, part_a, part_z, write_grad, out, 
             z_term = 2.0 * z_loss * lse * scale_z[r] if z_loss != 0.0 else 0.0
             coef = (a * s + z_term) / total
             rescale_pass(orow, w, q[r], like(coef, m), like(s, m), keep, spread, True)
+
+
+@driver
+def copy_rows(src, dst):
+    """``dst[...] = src`` for 2-D views of one shape, walking ``src``'s rows in
+    order (a gather of a transposed view streams instead of striding)."""
+    for i in prange(src.shape[0]):
+        s = src[i]
+        d = dst[i]
+        for j in range(s.size):
+            d[j] = s[j]

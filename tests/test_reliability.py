@@ -1,0 +1,149 @@
+"""Safety under threads and fork, for every threading layer available here."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).with_name("concurrency_scenarios.py")
+LAYERS = ["default", "tbb", "omp", "workqueue"]
+
+
+def _layer_available(layer: str) -> bool:
+    if layer == "default":
+        return True
+    code = (
+        "import fastmax, numba, numpy as np\n"
+        "from fastmax import _bench\n"
+        "_bench.parallel_read(np.zeros(4))\n"
+        f"assert numba.threading_layer() == {layer!r}\n"
+    )
+    env = dict(os.environ, NUMBA_THREADING_LAYER=layer)
+    return (
+        subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, timeout=120
+        ).returncode
+        == 0
+    )
+
+
+AVAILABLE = {layer: _layer_available(layer) for layer in LAYERS}
+
+
+@pytest.mark.parametrize("scenario", ["threads", "fork", "spawn"])
+@pytest.mark.parametrize("layer", LAYERS)
+def test_scenario(layer, scenario):
+    if not AVAILABLE[layer]:
+        pytest.skip(f"threading layer {layer} is not available here")
+    env = dict(os.environ)
+    if layer != "default":
+        env["NUMBA_THREADING_LAYER"] = layer
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), scenario],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=SCRIPT.parent,
+    )
+    assert proc.returncode == 0, (proc.returncode, proc.stdout[-2000:], proc.stderr[-4000:])
+    assert proc.stdout.startswith("OK")
+
+
+def test_default_layer_is_known():
+    assert any(AVAILABLE.values())
+
+
+_COMPUTE = (
+    "import numpy as np, fastmax\n"
+    "x = np.random.default_rng(0).standard_normal((300, 200))\n"
+    "for dt in (np.float32, np.float64):\n"
+    "    y = x.astype(dt)\n"
+    "    np.save(OUT + dt.__name__ + '.npy', fastmax.softmax(y))\n"
+    "    assert abs(fastmax.logsumexp(np.zeros(1000, dt)) - np.log(1000)) < 1e-5\n"
+    "print('OK')\n"
+)
+
+
+def _run_compute(tmp_path, tag, env, cwd=None):
+    code = f"OUT = {str(tmp_path / tag)!r}\n" + _COMPUTE
+    return subprocess.Popen(
+        [sys.executable, "-c", code],
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_two_processes_compiling_into_one_empty_cache(tmp_path):
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    procs = [_run_compute(tmp_path, tag, env) for tag in ("a", "b")]
+    for proc in procs:
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-4000:]
+    for dt in ("float32", "float64"):
+        import numpy as np
+
+        np.testing.assert_array_equal(
+            np.load(tmp_path / f"a{dt}.npy"), np.load(tmp_path / f"b{dt}.npy")
+        )
+    # and a third process reads what they cached
+    proc = _run_compute(tmp_path, "c", env)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-4000:]
+
+
+def test_stale_cache_after_an_upgrade(tmp_path):
+    """A changed kernel source invalidates the cached machine code."""
+    import shutil
+
+    import numpy as np
+
+    import fastmax
+
+    pkg = tmp_path / "site" / "fastmax"
+    shutil.copytree(
+        Path(fastmax.__file__).parent, pkg, ignore=shutil.ignore_patterns("__pycache__")
+    )
+    env = dict(os.environ, PYTHONPATH=str(tmp_path / "site"))
+    env.pop("NUMBA_CACHE_DIR", None)  # cache next to the copied sources
+    first = _run_compute(tmp_path, "before", env, cwd=tmp_path)
+    assert first.communicate(timeout=600)[0].startswith("OK")
+    # An "upgrade": a kernel's source changes, so its cached machine code is stale.
+    src = pkg / "_kernels" / "softmax.py"
+    src.write_text(
+        src.read_text().replace(
+            "def finish(m, total, log):", "def finish(m, total, log):  # upgraded"
+        )
+    )
+    second = _run_compute(tmp_path, "after", env, cwd=tmp_path)
+    out, err = second.communicate(timeout=600)
+    assert out.startswith("OK"), err[-4000:]
+    for dt in ("float32", "float64"):
+        np.testing.assert_array_equal(
+            np.load(tmp_path / f"before{dt}.npy"), np.load(tmp_path / f"after{dt}.npy")
+        )
+
+
+@pytest.mark.slow
+def test_reduction_axis_longer_than_2_31():
+    """No int32 index anywhere: a 2**31 + 7 element row (8 GiB of float32)."""
+    import numpy as np
+
+    import fastmax
+
+    n = 2**31 + 7
+    x = np.zeros(n, np.float32)
+    assert abs(fastmax.logsumexp(x) - np.log(n)) < 1e-4
+    x[-1] = 1.0
+    fastmax.hardmax(x, out=x)
+    assert x[-1] == 1.0 and x[: 1 << 20].sum() == 0
+    x[:] = 0
+    fastmax.softmax(x, out=x)
+    assert abs(x[-1] * n - 1) < 1e-4
