@@ -1,7 +1,7 @@
 """Regenerate the README's speed table from ``python -m fastmax --json`` output.
 
-    python -m fastmax --full --json bench/results.json --plot docs/speed.png
-    python bench/update_readme.py bench/results.json
+    python -m fastmax --full --no-baselines --json docs/speed.json --plot docs/speed.png
+    python bench/update_readme.py docs/speed.json "<the command above>"
 
 The table goes between the ``<!-- speed-table -->`` markers, with the machine
 and versions under it.

@@ -376,29 +376,53 @@ def info() -> dict:
 
 
 def plot(rows: list[Row], path: str) -> None:
-    """A bar chart of each op's ratio to the copy floor and its speed-up over SciPy."""
+    """Heatmaps (op × shape class, one per dtype) of the ratio to the floor and
+    of the speed-up over PyTorch (or SciPy when PyTorch was not timed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.colors import LogNorm
 
-    labels = [f"{r.op}\n{r.dtype} {r.shape_class}" for r in rows]
-    fig, axes = plt.subplots(2, 1, figsize=(max(8, 0.45 * len(rows)), 8), sharex=True)
-    pos = np.arange(len(rows))
-    axes[0].bar(pos, [r.floor_ratio for r in rows], color="tab:blue")
-    axes[0].axhline(1.0, color="k", lw=0.8)
-    axes[0].set_ylabel("time / copy floor (lower is better)")
-    axes[0].set_title("fastmax: closeness to the memory-bandwidth limit")
-    su = [(r.scipy_ms / r.fastmax_alloc_ms) if r.scipy_ms else 0 for r in rows]
-    st = [(r.torch_ms / r.fastmax_alloc_ms) if r.torch_ms else 0 for r in rows]
-    axes[1].bar(pos - 0.2, su, width=0.4, label="vs SciPy", color="tab:orange")
-    if any(st):
-        axes[1].bar(pos + 0.2, st, width=0.4, label="vs PyTorch", color="tab:green")
-    axes[1].set_yscale("log")
-    axes[1].axhline(1.0, color="k", lw=0.8)
-    axes[1].set_ylabel("speed-up (×, log scale)")
-    axes[1].legend()
-    axes[1].set_xticks(pos, labels, rotation=90, fontsize=7)
+    ops = list(dict.fromkeys(r.op for r in rows))
+    shapes = list(dict.fromkeys(r.shape_class for r in rows))
+    dtypes = list(dict.fromkeys(r.dtype for r in rows))
+    base = "torch" if any(r.torch_ms for r in rows) else "scipy"
+    panels = [
+        (
+            "time / floor (1 = memory-bandwidth limit; lower is better)",
+            "RdYlGn_r",
+            lambda r: r.floor_ratio,
+            LogNorm(0.5, 20),
+        ),
+        (
+            f"speed-up over {'PyTorch' if base == 'torch' else 'SciPy'} (higher is better)",
+            "RdYlGn",
+            lambda r: (getattr(r, f"{base}_ms") or np.nan) / r.fastmax_alloc_ms,
+            LogNorm(0.2, 20),
+        ),
+    ]
+    fig, axes = plt.subplots(
+        len(panels),
+        len(dtypes),
+        squeeze=False,
+        figsize=(1.1 * len(shapes) * len(dtypes) + 2, 0.45 * len(ops) * 2 + 2.5),
+    )
+    for row, (title, cmap, value, norm) in enumerate(panels):
+        for col, dtype in enumerate(dtypes):
+            grid = np.full((len(ops), len(shapes)), np.nan)
+            for r in rows:
+                if r.dtype == dtype:
+                    grid[ops.index(r.op), shapes.index(r.shape_class)] = value(r)
+            ax = axes[row, col]
+            ax.imshow(grid, cmap=cmap, norm=norm, aspect="auto")
+            for i in range(len(ops)):
+                for j in range(len(shapes)):
+                    if np.isfinite(grid[i, j]):
+                        ax.text(j, i, f"{grid[i, j]:.2g}", ha="center", va="center", fontsize=7)
+            ax.set_xticks(range(len(shapes)), shapes, rotation=45, ha="right", fontsize=8)
+            ax.set_yticks(range(len(ops)), ops, fontsize=8)
+            ax.set_title(f"{dtype}: {title}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -423,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--full", action="store_true", help="the full-size shapes of PERF.md (needs ~2 GiB)"
     )
-    parser.add_argument("--repeat", type=int, default=15, help="timings per measurement (median)")
+    parser.add_argument("--repeat", type=int, default=7, help="timings per measurement (median)")
     parser.add_argument("--no-baselines", action="store_true", help="skip the SciPy/NumPy timings")
     parser.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
     parser.add_argument("--json", metavar="PATH", help="write machine-readable results")

@@ -29,11 +29,11 @@ SHAPES_FULL = {
 }
 #: A quicker default set with the same character (under a minute in all).
 SHAPES_DEFAULT = {
-    "tall": ((1_048_576, 8), -1),
-    "classic": ((8192, 1000), -1),
-    "vocab": ((512, 32000), -1),
-    "row": ((1, 8_388_608), -1),
-    "axis0": ((8192, 1000), 0),
+    "tall": ((524_288, 8), -1),
+    "classic": ((4096, 1000), -1),
+    "vocab": ((256, 32000), -1),
+    "row": ((1, 4_194_304), -1),
+    "axis0": ((4096, 1000), 0),
     "incache": ((1024, 1000), -1),
     "small": ((64, 100), -1),
 }
@@ -60,7 +60,7 @@ def parallel_read(src):
     return partial.sum()
 
 
-def median_time(fn: Callable[[], object], repeat: int, budget: float = 2.0) -> float:
+def median_time(fn: Callable[[], object], repeat: int, budget: float = 1.0) -> float:
     """Median wall time of ``fn`` over ``repeat`` calls (fewer if over ``budget`` s)."""
     times = []
     start = time.perf_counter()
