@@ -55,3 +55,17 @@ def test_rejected_tensors():
         ft.softmax(torch.ones(3, dtype=torch.int64), 0)
     with pytest.raises(TypeError, match="torch.Tensor"):
         ft.softmax(np.ones(3), 0)
+
+
+def test_backward_twice_with_retain_graph():
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(8, 6, dtype=torch.float64, generator=gen, requires_grad=True)
+    t = torch.randint(0, 6, (8,), generator=gen)
+    loss = ft.cross_entropy(x, t) * 3.0
+    loss.backward(retain_graph=True)
+    loss.backward()
+    x2 = x.detach().clone().requires_grad_(True)
+    loss2 = F.cross_entropy(x2, t) * 3.0
+    loss2.backward(retain_graph=True)
+    loss2.backward()
+    torch.testing.assert_close(x.grad, x2.grad)

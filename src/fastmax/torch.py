@@ -71,23 +71,26 @@ class _CrossEntropy(torch.autograd.Function):
             reduction=reduction,
             label_smoothing=label_smoothing,
         )
+        ctx.fused = None
         if input.requires_grad and reduction != "none":
             # One fused pass: the loss and its gradient for grad=1, scaled later.
             loss, dx = fastmax.softmax_cross_entropy_with_grad(x, t, **kw)
-            ctx.save_for_backward(torch.from_numpy(dx))
-            ctx.fused = True
+            ctx.fused = torch.from_numpy(dx)
         else:
             loss = fastmax.softmax_cross_entropy(x, t, **kw)
-            ctx.save_for_backward(input, target)
-            ctx.fused = False
+        ctx.save_for_backward(input, target)
         ctx.kw = kw
         return torch.as_tensor(np.asarray(loss))
 
     @staticmethod
     def backward(ctx, grad):
-        if ctx.fused:
-            (dx,) = ctx.saved_tensors
-            return dx * grad.to(dx.dtype), None, None, None, None, None
+        if ctx.fused is not None:
+            # The fused gradient is ours alone: used once, scaled in place (no
+            # second buffer).  A second backward (retain_graph) recomputes.
+            dx, ctx.fused = ctx.fused, None
+            if not bool(grad == 1):
+                dx.mul_(grad.to(dx.dtype))
+            return dx, None, None, None, None, None
         input, target = ctx.saved_tensors
         g = grad.detach().to(input.dtype).numpy()
         dx = fastmax.softmax_cross_entropy_backward(
