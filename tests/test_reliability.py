@@ -99,6 +99,17 @@ def test_two_processes_compiling_into_one_empty_cache(tmp_path):
     assert proc.returncode == 0, err[-4000:]
 
 
+def test_unwritable_cache_location(tmp_path):
+    """An install whose cache cannot be written (here even for root: the cache
+    directory would sit below a regular file) still computes correctly."""
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(blocker / "cache"))
+    proc = _run_compute(tmp_path, "ro", env)
+    out, err = proc.communicate(timeout=600)
+    assert out.startswith("OK"), err[-4000:]
+
+
 def test_stale_cache_after_an_upgrade(tmp_path):
     """A changed kernel source invalidates the cached machine code."""
     import shutil
