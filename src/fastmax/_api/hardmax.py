@@ -7,13 +7,23 @@ from typing import Any
 import numpy as np
 
 from .._kernels import hardmax as K
-from .._kernels.schedule import SPLIT_CHUNK, column_chunks, row_blocks, split_rows
+from .._kernels.schedule import (
+    PARALLEL_MIN_ELEMENTS,
+    SPLIT_CHUNK,
+    column_chunks,
+    row_blocks,
+    split_rows,
+)
 from .._layout import unit_stride
-from ._elementwise import elementwise_job
+from ._elementwise import elementwise_job, fast_path
 
 
 def _hardmax_rows(src: np.ndarray, dst: np.ndarray) -> None:
-    if src.shape[1] > 1 and unit_stride(src, 0) and unit_stride(dst, 0) and not unit_stride(src, 1):
+    if src.size < PARALLEL_MIN_ELEMENTS and unit_stride(src, 1):
+        K.hardmax_rows.serial(src, dst, 1)  # small: no thread-count query, no launch
+    elif (
+        src.shape[1] > 1 and unit_stride(src, 0) and unit_stride(dst, 0) and not unit_stride(src, 1)
+    ):
         K.hardmax_cols(src.size, src.T, dst.T, column_chunks(src.shape[1]))
     elif src.size >= 2 * SPLIT_CHUNK and split_rows(*src.shape):
         K.hardmax_rows_split(src.size, src, dst, SPLIT_CHUNK)
@@ -42,6 +52,11 @@ def hardmax(
     out : ndarray, optional
         Array of ``x``'s shape and the result dtype; may be ``x`` itself.
     """
+    if out is None and fast_path(x, axis):
+        n_cols = x.shape[-1]
+        result = np.empty_like(x)
+        _hardmax_rows(x.reshape(-1, n_cols), result.reshape(-1, n_cols))
+        return result
     job = elementwise_job(x, axis, out, "hardmax")
     if job.src is not None:
         _hardmax_rows(job.src, job.dst)

@@ -17,6 +17,7 @@ from .._validate import (
     float_dtypes,
     reduction_axes,
 )
+from ._elementwise import fast_path
 
 
 def _run(y: np.ndarray, v: np.ndarray, out: np.ndarray, mode: int) -> None:
@@ -59,6 +60,24 @@ def _apply(y: np.ndarray, v: np.ndarray, out: np.ndarray, axes: tuple[int, ...],
 
 
 def _jacobian_product(primal, tangent, axis, out, mode: int, func: str, pname: str, tname: str):
+    if (
+        out is None
+        and fast_path(primal, axis)
+        and type(tangent) is np.ndarray
+        and tangent.shape == primal.shape
+        and tangent.dtype == primal.dtype
+        and tangent.flags.c_contiguous
+    ):
+        # The common call: same shape and dtype, C-contiguous, over the last axis.
+        n_cols = primal.shape[-1]
+        result = np.empty_like(primal)
+        _run(
+            primal.reshape(-1, n_cols),
+            tangent.reshape(-1, n_cols),
+            result.reshape(-1, n_cols),
+            mode,
+        )
+        return result
     p = as_array(primal, pname, func)
     t = as_array(tangent, tname, func)
     _, rdt_p = float_dtypes(p.dtype, pname, func)
