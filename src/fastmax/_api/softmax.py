@@ -83,13 +83,10 @@ def _softmax_family(x, axis, out, where, temperature, log: bool, func: str):
         )
         return result
     job = elementwise_job(x, axis, out, func)
-    scale = (
-        job.dst.dtype.type(temperature_scale(temperature, func))
-        if job.dst is not None
-        else temperature_scale(temperature, func)
-    )
+    scale = temperature_scale(temperature, func)
     mask = broadcast_mask(where, job.arr.shape, func) if where is not None else None
     if job.src is not None:
+        scale = job.dst.dtype.type(scale)  # the kernels compute in the array's dtype
         _softmax_rows(job.src, job.dst, _mask_rows(mask, job.axes), scale, log)
     return job.finish()
 

@@ -96,9 +96,8 @@ def _prepare(
         flat = np.ascontiguousarray(t).reshape(-1)
         index = flat.astype(np.int64)
         if t.dtype.kind == "u" and t.dtype.itemsize == 8:
-            index[flat > np.iinfo(np.int64).max] = -1  # out of range whatever ignore_index is
-            if ignore == -1:
-                index[flat > np.iinfo(np.int64).max] = -2
+            # Values past int64 wrap around: mark them out of range, whatever ignore_index is.
+            index[flat > np.iinfo(np.int64).max] = -2 if ignore == -1 else -1
         bad, denominator, kept = K.check_targets(index, n_classes, ignore, w)
         if bad >= 0:
             where = np.unravel_index(bad, t.shape) if t.ndim else ()

@@ -120,6 +120,13 @@ def merge_max_sumexp(m_parts, total_parts):
 
 
 @njit(fastmath=FASTMATH, **JIT)
+def lse_of_stats(m, total):
+    """``m + log(total)`` as float64; a non-finite ``m`` (NaN, +inf, or -inf for
+    an all -inf row) passes through."""
+    return np.float64(m) + math.log(total) if math.isfinite(m) else np.float64(m)
+
+
+@njit(fastmath=FASTMATH, **JIT)
 def logsumexp_of_row(x, scale, m, total):
     """``log(sum(exp(x * scale)))`` from the row's ``(m, total)``, as float64.
 
@@ -127,10 +134,8 @@ def logsumexp_of_row(x, scale, m, total):
     are recomputed from the row in SciPy's form ``m + log(count) + log1p(rest/count)``.
     Non-finite ``m`` passes through (NaN, +inf, or -inf for an all -inf row).
     """
-    if not math.isfinite(m):
-        return np.float64(m)
-    res = np.float64(m) + math.log(total)
-    if abs(res) < NEAR_ZERO:
+    res = lse_of_stats(m, total)
+    if math.isfinite(m) and abs(res) < NEAR_ZERO:
         rest, count = row_sumexp_split(x, scale, m)
         res = math.log1p(rest / count) + math.log(count) + np.float64(m)
     return res

@@ -21,14 +21,12 @@ Probability targets ``q``, smoothed to ``q' = (1 - eps) * q + eps / C``:
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from numba import njit, prange
 
 from .._config import EXACT_MATH, FASTMATH, JIT
 from ._math import exp, like
-from .reduce import row_max
+from .reduce import lse_of_stats, row_max
 from .schedule import driver
 from .softmax import same_buffer
 
@@ -97,11 +95,6 @@ def rescale_pass(out, w, q, coef, minus, keep, spread, use_q):
             out[k] = out[k] * coef - minus * w[k]
 
 
-@njit(fastmath=FASTMATH, **JIT)
-def _lse(m, total):
-    return np.float64(m) + math.log(total) if math.isfinite(m) else np.float64(m)
-
-
 @driver
 def xent_index_rows(
     x, target, w, ignore_index, smoothing, z_loss, part_a, part_z, write_grad, out, scale, scale_z
@@ -128,7 +121,7 @@ def xent_index_rows(
         xt = np.float64(xr[t])  # before the pass may overwrite it (in place)
         orow = out[r] if write_grad else out[0]
         total, _, xw = row_pass(xr, w, w, orow, m, smoothing, write_grad, False)
-        lse = _lse(m, total)
+        lse = lse_of_stats(m, total)
         wt = np.float64(w[t])
         a = (1.0 - smoothing) * wt * (lse - xt)
         if smoothing > 0.0:
@@ -157,7 +150,7 @@ def xent_prob_rows(x, q, w, smoothing, z_loss, part_a, part_z, write_grad, out, 
         m = row_max(xr)
         orow = out[r] if write_grad else out[0]
         total, a, b = row_pass(xr, w, q[r], orow, m, smoothing, write_grad, True)
-        lse = _lse(m, total)
+        lse = lse_of_stats(m, total)
         part_a[r] = a * lse - b
         part_z[r] = lse * lse
         if write_grad:
