@@ -18,8 +18,9 @@ import numpy as np
 from numba import njit, prange
 
 from .._config import EXACT_MATH, FASTMATH, JIT
-from ._math import exp, fmaximum, like
+from ._math import exp, exp_nonpos, fmaximum, like
 from .reduce import (
+    ACC_RUN,
     BLOCK,
     logsumexp_of_row,
     merge_max_sumexp,
@@ -37,6 +38,7 @@ def finish(m, total, log):
     softmax: ``exp(v - shift) * factor``; log_softmax: ``(v - shift) - factor``.
     A NaN or infinite max gives SciPy's answers: all NaN, except log_softmax
     with a +inf max, which is NaN at the +inf entries and -inf elsewhere.
+    (The NaN factor makes softmax NaN whatever ``exp_nonpos(NaN)`` returns.)
     """
     if math.isfinite(m):
         if log:
@@ -44,7 +46,7 @@ def finish(m, total, log):
         return m, like(1.0 / total, m)
     if log and m == np.inf:
         return m, like(0.0, m)
-    return like(math.nan, m), like(0.0, m)
+    return like(math.nan, m), like(math.nan, m)
 
 
 @njit(fastmath=FASTMATH, **JIT)
@@ -65,7 +67,7 @@ def _write_loop(x, out, scale, shift, factor, log):
             out[i] = (x[i] * scale - shift) - factor
     else:
         for i in range(x.size):
-            out[i] = exp(x[i] * scale - shift) * factor
+            out[i] = exp_nonpos(x[i] * scale - shift) * factor
 
 
 @njit(fastmath=EXACT_MATH, **JIT)
@@ -84,7 +86,7 @@ def _write_per_column_loop(x, out, scale, shift, factor, log):
             out[j] = (x[j] * scale - shift[j]) - factor[j]
     else:
         for j in range(x.size):
-            out[j] = exp(x[j] * scale - shift[j]) * factor[j]
+            out[j] = exp_nonpos(x[j] * scale - shift[j]) * factor[j]
 
 
 @njit(fastmath=EXACT_MATH, **JIT)
@@ -97,7 +99,18 @@ def write_row_per_column(x, out, scale, shift, factor, log):
 
 
 @njit(fastmath=FASTMATH, inline="always", **JIT)
-def _exp_store_sum_next_max(x, out, nxt, scale, m):
+def _exp_store_run(x, out, nxt, scale, m, m_next):
+    part = like(0.0, m)
+    for i in range(x.size):
+        e = exp_nonpos(x[i] * scale - m)
+        out[i] = e
+        part += e
+        m_next = fmaximum(m_next, nxt[i])
+    return part, m_next
+
+
+@njit(fastmath=FASTMATH, inline="always", **JIT)
+def _exp_store_sum_next_max(x, out, nxt, scale, m, in_place):
     """``out = exp(x*scale - m)``, its float64 sum, and the max of the next row.
 
     Reading the next row (a DRAM stream) in the loop that computes this row's
@@ -105,11 +118,15 @@ def _exp_store_sum_next_max(x, out, nxt, scale, m):
     """
     total = 0.0
     m_next = nxt[0]
-    for i in range(x.size):
-        e = exp(x[i] * scale - m)
-        out[i] = e
-        total += np.float64(e)
-        m_next = fmaximum(m_next, nxt[i])
+    n = x.size
+    for i0 in range(0, n, ACC_RUN):
+        i1 = min(i0 + ACC_RUN, n)
+        os = out[i0:i1]
+        if in_place:  # one slice for both: two equal pointers would not vectorize
+            part, m_next = _exp_store_run(os, os, nxt[i0:i1], scale, m, m_next)
+        else:
+            part, m_next = _exp_store_run(x[i0:i1], os, nxt[i0:i1], scale, m, m_next)
+        total += np.float64(part)
     return total, m_next
 
 
@@ -128,10 +145,7 @@ def softmax_rows_cached_block(x, out, scale, log, r0, r1):
             write_row(x[r], out[r], scale, shift, factor, True)
             continue
         orow = out[r]
-        if in_place:
-            total, m_next = _exp_store_sum_next_max(orow, orow, nxt, scale, m)
-        else:
-            total, m_next = _exp_store_sum_next_max(x[r], orow, nxt, scale, m)
+        total, m_next = _exp_store_sum_next_max(x[r], orow, nxt, scale, m, in_place)
         shift, factor = finish(m, total, False)
         if shift != m:  # non-finite max: the answer is NaN whatever was stored
             write_row(orow, orow, scale, shift, factor, False)
@@ -241,7 +255,7 @@ def column_stats(x, scale, i_lo, i_hi, block_rows, m, total, block_max):
             new = fmaximum(old, block_max[j] * scale)
             # Rescale a finite running sum to the new max; -inf so far means 0.
             keep = math.isfinite(old) and math.isfinite(new)
-            total[j] = total[j] * exp(np.float64(old) - np.float64(new)) if keep else 0.0
+            total[j] = total[j] * exp_nonpos(np.float64(old) - np.float64(new)) if keep else 0.0
             m[j] = new
             # Shift by 0 where the max is not finite (those columns are
             # finished by the non-finite rules; this keeps the sums NaN-free).
@@ -249,7 +263,7 @@ def column_stats(x, scale, i_lo, i_hi, block_rows, m, total, block_max):
         for i in range(i0, i1):
             row = x[i]
             for j in range(n_cols):
-                total[j] += np.float64(exp(row[j] * scale - block_max[j]))
+                total[j] += np.float64(exp_nonpos(row[j] * scale - block_max[j]))
 
 
 @njit(fastmath=FASTMATH, **JIT)
@@ -320,7 +334,7 @@ def masked_stats(x, mask, scale):
             if mask[i]:
                 hit = v == m
                 count += hit
-                rest += 0.0 if hit else np.float64(exp(v - m))
+                rest += 0.0 if hit else np.float64(exp_nonpos(v - m))
     return m, rest, count, included
 
 
@@ -345,7 +359,7 @@ def softmax_rows_masked(x, mask, out, scale, log):
             elif log:
                 orow[i] = (v - shift) - factor
             else:
-                orow[i] = exp(v - shift) * factor
+                orow[i] = exp_nonpos(v - shift) * factor
 
 
 @driver

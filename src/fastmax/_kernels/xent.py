@@ -21,12 +21,14 @@ Probability targets ``q``, smoothed to ``q' = (1 - eps) * q + eps / C``:
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import njit, prange
 
 from .._config import EXACT_MATH, FASTMATH, JIT
-from ._math import exp, like
-from .reduce import lse_of_stats, row_max
+from ._math import exp_nonpos, like
+from .reduce import ACC_RUN, lse_of_stats, row_max
 from .schedule import driver
 from .softmax import same_buffer
 
@@ -49,21 +51,14 @@ def check_targets(target, n_classes, ignore_index, weight):
 
 
 @njit(fastmath=FASTMATH, inline="always", **JIT)
-def _exp_pass(x, w, q, out, m, smoothing, store, use_q):
-    """One pass over a row: ``sum(exp(x - m))`` and, for probability targets
-    (``use_q``), ``A = sum(w * q')`` and ``B = sum(w * q' * x)``, or else
-    ``sum(w * x)`` when smoothing.  With ``store``, ``out = exp(x - m)``:
-    the gradient pass then only rescales (one exp per element)."""
-    n = x.size
-    keep = 1.0 - smoothing
-    spread = smoothing / n
-    total = 0.0
+def _exp_run(x, w, q, out, m, keep, spread, smoothing, store, use_q):
+    part = like(0.0, m)
     a = 0.0
     b = 0.0
-    for k in range(n):
+    for k in range(x.size):
         xk = x[k]
-        e = exp(xk - m)
-        total += np.float64(e)
+        e = exp_nonpos(xk - m)
+        part += e
         if use_q:
             wq = np.float64(w[k]) * (np.float64(q[k]) * keep + spread)
             a += wq
@@ -72,15 +67,43 @@ def _exp_pass(x, w, q, out, m, smoothing, store, use_q):
             b += np.float64(w[k]) * np.float64(xk)
         if store:
             out[k] = e
-    return total, a, b
+    return np.float64(part), a, b
+
+
+@njit(fastmath=FASTMATH, inline="always", **JIT)
+def _exp_pass(x, w, q, out, m, smoothing, store, use_q, in_place):
+    """One pass over a row: ``sum(exp(x - m))`` and, for probability targets
+    (``use_q``), ``A = sum(w * q')`` and ``B = sum(w * q' * x)``, or else
+    ``sum(w * x)`` when smoothing.  With ``store``, ``out = exp(x - m)``:
+    the gradient pass then only rescales (one exp per element).  A row whose
+    max ``m`` is not finite gets a NaN sum (its loss is decided by ``m``).
+    Runs of :data:`ACC_RUN` elements are summed in the row's type."""
+    n = x.size
+    keep = 1.0 - smoothing
+    spread = smoothing / n
+    total = 0.0
+    a = 0.0
+    b = 0.0
+    for k0 in range(0, n, ACC_RUN):
+        k1 = min(k0 + ACC_RUN, n)
+        xs = x[k0:k1]
+        ws = w[k0:k1]
+        qs = q[k0:k1]
+        os = out[k0:k1]
+        if in_place:  # one slice for both: two equal pointers would not vectorize
+            t, da, db = _exp_run(os, ws, qs, os, m, keep, spread, smoothing, store, use_q)
+        else:
+            t, da, db = _exp_run(xs, ws, qs, os, m, keep, spread, smoothing, store, use_q)
+        total += t
+        a += da
+        b += db
+    return total if math.isfinite(m) else math.nan, a, b
 
 
 @njit(fastmath=FASTMATH, **JIT)
 def row_pass(x, w, q, out, m, smoothing, store, use_q):
     """:func:`_exp_pass`; ``out`` may be ``x`` (one pointer, so it vectorizes)."""
-    if store and same_buffer(x, out):
-        return _exp_pass(out, w, q, out, m, smoothing, store, use_q)
-    return _exp_pass(x, w, q, out, m, smoothing, store, use_q)
+    return _exp_pass(x, w, q, out, m, smoothing, store, use_q, store and same_buffer(x, out))
 
 
 @njit(fastmath=EXACT_MATH, **JIT)
