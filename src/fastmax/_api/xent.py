@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from .._kernels import xent as K
+from .._kernels.schedule import row_blocks
 from .._layout import contiguous_for_rows, rows_view, unit_stride
 from .._validate import as_array, check_no_partial_overlap, check_out, float_dtypes, reduction_axes
 
@@ -164,6 +165,7 @@ def _kernel(pb: _Problem, rows, index, probs, part_a, part_z, grad_rows, scale, 
             out,
             scale,
             scale_z,
+            row_blocks(rows.shape[0]),
         )
     else:
         K.xent_prob_rows(
@@ -179,6 +181,7 @@ def _kernel(pb: _Problem, rows, index, probs, part_a, part_z, grad_rows, scale, 
             out,
             scale,
             scale_z,
+            row_blocks(rows.shape[0]),
         )
 
 

@@ -27,10 +27,10 @@ import numpy as np
 from numba import njit, prange
 
 from .._config import EXACT_MATH, FASTMATH, JIT
-from ._math import exp_nonpos, like
-from .reduce import ACC_RUN, lse_of_stats, row_max
+from ._math import exp_nonpos, fmaximum, like
+from .reduce import ACC_RUN, _sumexp_run, lse_of_stats, row_max
 from .schedule import driver
-from .softmax import same_buffer
+from .softmax import _exp_store_run, same_buffer
 
 
 @njit(fastmath=FASTMATH, **JIT)
@@ -51,7 +51,7 @@ def check_targets(target, n_classes, ignore_index, weight):
 
 
 @njit(fastmath=FASTMATH, inline="always", **JIT)
-def _exp_run(x, w, q, out, m, keep, spread, smoothing, store, use_q):
+def _exp_run(x, nxt, w, q, out, m, m_next, keep, spread, smoothing, store, use_q):
     part = like(0.0, m)
     a = 0.0
     b = 0.0
@@ -59,6 +59,7 @@ def _exp_run(x, w, q, out, m, keep, spread, smoothing, store, use_q):
         xk = x[k]
         e = exp_nonpos(xk - m)
         part += e
+        m_next = fmaximum(m_next, nxt[k])
         if use_q:
             wq = np.float64(w[k]) * (np.float64(q[k]) * keep + spread)
             a += wq
@@ -67,12 +68,14 @@ def _exp_run(x, w, q, out, m, keep, spread, smoothing, store, use_q):
             b += np.float64(w[k]) * np.float64(xk)
         if store:
             out[k] = e
-    return np.float64(part), a, b
+    return np.float64(part), a, b, m_next
 
 
 @njit(fastmath=FASTMATH, inline="always", **JIT)
-def _exp_pass(x, w, q, out, m, smoothing, store, use_q, in_place):
-    """One pass over a row: ``sum(exp(x - m))`` and, for probability targets
+def _exp_pass(x, nxt, w, q, out, m, smoothing, store, use_q, in_place):
+    """One pass over a row: ``sum(exp(x - m))``, the max of the next row
+    ``nxt`` (streamed from memory while this row's exponentials are computed
+    from cache), and, for probability targets
     (``use_q``), ``A = sum(w * q')`` and ``B = sum(w * q' * x)``, or else
     ``sum(w * x)`` when smoothing.  With ``store``, ``out = exp(x - m)``:
     the gradient pass then only rescales (one exp per element).  A row whose
@@ -84,26 +87,41 @@ def _exp_pass(x, w, q, out, m, smoothing, store, use_q, in_place):
     total = 0.0
     a = 0.0
     b = 0.0
+    m_next = nxt[0]
+    one = like(1.0, m)
+    plain = not use_q and smoothing == 0.0  # the exp loop alone
     for k0 in range(0, n, ACC_RUN):
         k1 = min(k0 + ACC_RUN, n)
         xs = x[k0:k1]
+        ns = nxt[k0:k1]
         ws = w[k0:k1]
         qs = q[k0:k1]
         os = out[k0:k1]
-        if in_place:  # one slice for both: two equal pointers would not vectorize
-            t, da, db = _exp_run(os, ws, qs, os, m, keep, spread, smoothing, store, use_q)
+        if plain and not store:  # the common forward: the loop of logsumexp
+            t, m_next = _sumexp_run(xs, ns, one, m, m_next)
+            total += np.float64(t)
+        elif plain and in_place:  # one slice for both: equal pointers would not vectorize
+            t, m_next = _exp_store_run(os, os, ns, one, m, m_next)
+            total += np.float64(t)
+        elif plain:
+            t, m_next = _exp_store_run(xs, os, ns, one, m, m_next)
+            total += np.float64(t)
         else:
-            t, da, db = _exp_run(xs, ws, qs, os, m, keep, spread, smoothing, store, use_q)
-        total += t
-        a += da
-        b += db
-    return total if math.isfinite(m) else math.nan, a, b
+            src = os if in_place else xs
+            t, da, db, m_next = _exp_run(
+                src, ns, ws, qs, os, m, m_next, keep, spread, smoothing, store, use_q
+            )
+            total += t
+            a += da
+            b += db
+    return total if math.isfinite(m) else math.nan, a, b, m_next
 
 
 @njit(fastmath=FASTMATH, **JIT)
-def row_pass(x, w, q, out, m, smoothing, store, use_q):
+def row_pass(x, nxt, w, q, out, m, smoothing, store, use_q):
     """:func:`_exp_pass`; ``out`` may be ``x`` (one pointer, so it vectorizes)."""
-    return _exp_pass(x, w, q, out, m, smoothing, store, use_q, store and same_buffer(x, out))
+    in_place = store and same_buffer(x, out)
+    return _exp_pass(x, nxt, w, q, out, m, smoothing, store, use_q, in_place)
 
 
 @njit(fastmath=EXACT_MATH, **JIT)
@@ -120,67 +138,94 @@ def rescale_pass(out, w, q, coef, minus, keep, spread, use_q):
 
 @driver
 def xent_index_rows(
-    x, target, w, ignore_index, smoothing, z_loss, part_a, part_z, write_grad, out, scale, scale_z
+    x,
+    target,
+    w,
+    ignore_index,
+    smoothing,
+    z_loss,
+    part_a,
+    part_z,
+    write_grad,
+    out,
+    scale,
+    scale_z,
+    n_blocks,
 ):
     """Index targets.  ``scale``/``scale_z`` (per row) multiply the gradient of
     the NLL+smoothing part and of the z-loss part (the reduction's denominators
-    and the upstream gradient)."""
+    and the upstream gradient).  Rows go in ``n_blocks`` blocks of consecutive
+    rows, each row's pass also reading the next row's max."""
     n_rows, n_classes = x.shape
     total_w = 0.0
     for k in range(n_classes):
         total_w += np.float64(w[k])
-    for r in prange(n_rows):
-        t = target[r]
-        xr = x[r]
-        if t == ignore_index:
-            part_a[r] = 0.0
-            part_z[r] = 0.0
+    for blk in prange(n_blocks):
+        r0 = blk * n_rows // n_blocks
+        r1 = (blk + 1) * n_rows // n_blocks
+        m_next = row_max(x[r0]) if r1 > r0 else x[0, 0]
+        for r in range(r0, r1):
+            m = m_next
+            t = target[r]
+            xr = x[r]
+            nxt = x[min(r + 1, r1 - 1)]
+            if t == ignore_index:
+                m_next = row_max(nxt)
+                part_a[r] = 0.0
+                part_z[r] = 0.0
+                if write_grad:
+                    orow = out[r]
+                    for k in range(n_classes):
+                        orow[k] = 0
+                continue
+            xt = np.float64(xr[t])  # before the pass may overwrite it (in place)
+            orow = out[r] if write_grad else out[0]
+            total, _, xw, m_next = row_pass(xr, nxt, w, w, orow, m, smoothing, write_grad, False)
+            lse = lse_of_stats(m, total)
+            wt = np.float64(w[t])
+            a = (1.0 - smoothing) * wt * (lse - xt)
+            if smoothing > 0.0:
+                a += smoothing / n_classes * (total_w * lse - xw)
+            part_a[r] = a
+            part_z[r] = lse * lse
             if write_grad:
-                orow = out[r]
-                for k in range(n_classes):
-                    orow[k] = 0
-            continue
-        m = row_max(xr)
-        xt = np.float64(xr[t])  # before the pass may overwrite it (in place)
-        orow = out[r] if write_grad else out[0]
-        total, _, xw = row_pass(xr, w, w, orow, m, smoothing, write_grad, False)
-        lse = lse_of_stats(m, total)
-        wt = np.float64(w[t])
-        a = (1.0 - smoothing) * wt * (lse - xt)
-        if smoothing > 0.0:
-            a += smoothing / n_classes * (total_w * lse - xw)
-        part_a[r] = a
-        part_z[r] = lse * lse
-        if write_grad:
-            s = scale[r]
-            a_nll = (1.0 - smoothing) * wt * s
-            a_smooth = smoothing / n_classes * s
-            z_term = 2.0 * z_loss * lse * scale_z[r] if z_loss != 0.0 else 0.0
-            coef = (a_nll + a_smooth * total_w + z_term) / total
-            one = like(1.0, m)
-            rescale_pass(orow, w, w, like(coef, m), like(a_smooth, m), one, one, False)
-            orow[t] -= like(a_nll, m)
+                s = scale[r]
+                a_nll = (1.0 - smoothing) * wt * s
+                a_smooth = smoothing / n_classes * s
+                z_term = 2.0 * z_loss * lse * scale_z[r] if z_loss != 0.0 else 0.0
+                coef = (a_nll + a_smooth * total_w + z_term) / total
+                one = like(1.0, m)
+                rescale_pass(orow, w, w, like(coef, m), like(a_smooth, m), one, one, False)
+                orow[t] -= like(a_nll, m)
 
 
 @driver
-def xent_prob_rows(x, q, w, smoothing, z_loss, part_a, part_z, write_grad, out, scale, scale_z):
-    """Probability targets ``q`` (same shape as ``x``)."""
+def xent_prob_rows(
+    x, q, w, smoothing, z_loss, part_a, part_z, write_grad, out, scale, scale_z, n_blocks
+):
+    """Probability targets ``q`` (same shape as ``x``), rows in blocks as above."""
     n_rows, n_classes = x.shape
     keep = like(1.0 - smoothing, x[0, 0])
     spread = like(smoothing / n_classes, x[0, 0])
-    for r in prange(n_rows):
-        xr = x[r]
-        m = row_max(xr)
-        orow = out[r] if write_grad else out[0]
-        total, a, b = row_pass(xr, w, q[r], orow, m, smoothing, write_grad, True)
-        lse = lse_of_stats(m, total)
-        part_a[r] = a * lse - b
-        part_z[r] = lse * lse
-        if write_grad:
-            s = scale[r]
-            z_term = 2.0 * z_loss * lse * scale_z[r] if z_loss != 0.0 else 0.0
-            coef = (a * s + z_term) / total
-            rescale_pass(orow, w, q[r], like(coef, m), like(s, m), keep, spread, True)
+    for blk in prange(n_blocks):
+        r0 = blk * n_rows // n_blocks
+        r1 = (blk + 1) * n_rows // n_blocks
+        m_next = row_max(x[r0]) if r1 > r0 else x[0, 0]
+        for r in range(r0, r1):
+            m = m_next
+            xr = x[r]
+            orow = out[r] if write_grad else out[0]
+            total, a, b, m_next = row_pass(
+                xr, x[min(r + 1, r1 - 1)], w, q[r], orow, m, smoothing, write_grad, True
+            )
+            lse = lse_of_stats(m, total)
+            part_a[r] = a * lse - b
+            part_z[r] = lse * lse
+            if write_grad:
+                s = scale[r]
+                z_term = 2.0 * z_loss * lse * scale_z[r] if z_loss != 0.0 else 0.0
+                coef = (a * s + z_term) / total
+                rescale_pass(orow, w, q[r], like(coef, m), like(s, m), keep, spread, True)
 
 
 @driver
