@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit, prange
 
-from ._config import FASTMATH, JIT
+from ._config import FASTMATH, JIT_ALLOC
 
 #: The shape classes of PERF.md: name -> (shape, axis).
 SHAPES_FULL = {
@@ -39,7 +39,7 @@ SHAPES_DEFAULT = {
 }
 
 
-@njit(parallel=True, **JIT)
+@njit(parallel=True, **JIT_ALLOC)
 def parallel_copy(src, dst):
     """Copy flat arrays in blocks over all threads."""
     n = src.size
@@ -49,7 +49,7 @@ def parallel_copy(src, dst):
             dst[i] = src[i]
 
 
-@njit(parallel=True, fastmath=FASTMATH, **JIT)
+@njit(parallel=True, fastmath=FASTMATH, **JIT_ALLOC)
 def parallel_read(src):
     """Read a flat array in blocks over all threads (the read floor)."""
     n = src.size
@@ -60,14 +60,24 @@ def parallel_read(src):
     return partial.sum()
 
 
-def median_time(fn: Callable[[], object], repeat: int, budget: float = 1.0) -> float:
-    """Median wall time of ``fn`` over ``repeat`` calls (fewer if over ``budget`` s)."""
+def median_time(
+    fn: Callable[[], object], repeat: int, budget: float = 1.0, min_sample: float = 2e-3
+) -> float:
+    """Median wall time of one call of ``fn`` over ``repeat`` samples (fewer if
+    over ``budget`` s).  Calls shorter than ``min_sample`` are timed in batches
+    of back-to-back calls (as ``timeit`` does), so that a sample is not one
+    call of a few microseconds that happens to follow another library's work."""
+    t0 = time.perf_counter()
+    fn()
+    once = time.perf_counter() - t0
+    calls = max(1, min(1000, int(min_sample / max(once, 1e-7))))
     times = []
     start = time.perf_counter()
     for _ in range(repeat):
         t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
+        for _ in range(calls):
+            fn()
+        times.append((time.perf_counter() - t0) / calls)
         if time.perf_counter() - start > budget and len(times) >= 3:
             break
     return float(np.median(times))

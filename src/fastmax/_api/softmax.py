@@ -50,8 +50,7 @@ def _softmax_rows(src: np.ndarray, dst: np.ndarray, mask, scale, log: bool) -> N
     n_rows, n_cols = src.shape
     size = src.size
     if mask is None and size < PARALLEL_MIN_ELEMENTS and src.strides[1] == src.itemsize:
-        cached = cached_rows(n_cols, src.itemsize)
-        K.softmax_rows.serial(src, dst, scale, log, cached, 1)
+        K.softmax_rows_small(src, dst, scale, log)
     elif mask is not None:
         K.softmax_rows_masked(size, src, mask, dst, scale, log)
     elif unit_stride(src, 1) and unit_stride(dst, 1) and split_rows(n_rows, n_cols):

@@ -57,6 +57,22 @@ def float_to_bits(typingctx, x):
 
 
 @intrinsic
+def data_address(typingctx, arr):
+    """The address of an array's first element, as an integer.
+
+    Unlike ``arr.ctypes.data`` it touches no reference count (measured 30 ns
+    a call there, a cost paid per row by the in-place checks)."""
+    if not isinstance(arr, types.Array):
+        return None
+
+    def codegen(context, builder, signature, args):
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        return builder.ptrtoint(ary.data, context.get_value_type(types.uintp))
+
+    return types.uintp(arr), codegen
+
+
+@intrinsic
 def fmaximum(typingctx, a, b):
     """NaN-propagating maximum of two floats of one type (``llvm.maximum``)."""
     if a != b or not isinstance(a, types.Float):

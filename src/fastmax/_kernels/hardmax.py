@@ -48,7 +48,7 @@ def _takes_over(v, best):
     return (v > best) or (v != v and best == best)
 
 
-@driver
+@driver(allocates=True)
 def hardmax_cols(x, out, n_chunks):
     """hardmax along axis 0 of a view whose rows are contiguous: the rows are
     split in chunks over the threads (sequential reads), SIMD runs across
@@ -85,7 +85,7 @@ def hardmax_cols(x, out, n_chunks):
                 row[j] = 1 if index[j] == i else 0
 
 
-@driver
+@driver(allocates=True)
 def hardmax_rows_split(x, out, chunk):
     """hardmax of few long rows, each split into chunks over all threads: the
     chunks' first maxima are merged in order, then the chunks are written."""

@@ -92,7 +92,7 @@ def jvp_rows(y, v, out, mode):
         write_row(y[r], v[r], out[r], like(s, out[r, 0]), mode)
 
 
-@driver
+@driver(allocates=True)
 def jvp_cols(y, v, out, mode, n_chunks):
     """Reduction along axis 0 of views whose rows are contiguous: rows split in
     chunks over the threads (sequential reads), partial sums merged in order,
@@ -124,7 +124,7 @@ def jvp_cols(y, v, out, mode, n_chunks):
             write_row_per_column(y[i], v[i], out[i], s, mode)
 
 
-@driver
+@driver(allocates=True)
 def jvp_rows_split(y, v, out, mode, chunk):
     """Few long rows, each split into chunks over all threads: chunk sums
     merged in order (deterministic), then a parallel write pass."""

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numba
 from numba import njit
 
-from .._config import FASTMATH, JIT
+from .._config import FASTMATH, JIT, JIT_ALLOC
 
 #: Below this many elements a parallel launch costs more than it saves.
 PARALLEL_MIN_ELEMENTS = 1 << 15
@@ -103,12 +103,19 @@ class Driver:
         return self.serial(*args)
 
 
-def driver(fn: Callable) -> Driver:
-    """Decorator: jit a driver written with ``prange`` as a :class:`Driver`."""
-    return Driver(
-        parallel=njit(parallel=True, fastmath=FASTMATH, **JIT)(_renamed(fn, "_parallel")),
-        serial=njit(parallel=False, fastmath=FASTMATH, **JIT)(_renamed(fn, "_serial")),
-    )
+def driver(fn: Callable | None = None, *, allocates: bool = False):
+    """Decorator: jit a driver written with ``prange`` as a :class:`Driver`.
+    ``allocates=True`` for drivers that create scratch arrays (they need
+    Numba's reference counting, which the others go without)."""
+
+    def make(fn: Callable) -> Driver:
+        options = JIT_ALLOC if allocates else JIT
+        return Driver(
+            parallel=njit(parallel=True, fastmath=FASTMATH, **options)(_renamed(fn, "_parallel")),
+            serial=njit(parallel=False, fastmath=FASTMATH, **options)(_renamed(fn, "_serial")),
+        )
+
+    return make if fn is None else make(fn)
 
 
 @njit(fastmath=FASTMATH, **JIT)

@@ -17,8 +17,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .._config import EXACT_MATH, FASTMATH, JIT
-from ._math import exp, exp_nonpos, fmaximum, like
+from .._config import EXACT_MATH, FASTMATH, JIT, JIT_ALLOC
+from ._math import data_address, exp, exp_nonpos, fmaximum, like
 from .reduce import (
     ACC_RUN,
     BLOCK,
@@ -57,7 +57,7 @@ def same_buffer(x, out):
     pointers that are equal, LLVM's runtime overlap check fails and it runs
     the scalar loop (measured 4x slower), while one pointer vectorizes.
     """
-    return x.ctypes.data == out.ctypes.data
+    return data_address(x) == data_address(out)
 
 
 @njit(fastmath=EXACT_MATH, inline="always", **JIT)
@@ -154,6 +154,38 @@ def softmax_rows_cached_block(x, out, scale, log, r0, r1):
             orow[i] *= factor
 
 
+@njit(fastmath=FASTMATH, **JIT_ALLOC)
+def softmax_rows_small(x, out, scale, log):
+    """softmax / log_softmax of a few rows that fit in cache, in three passes
+    over all of them: the maxima, then exp and sum, then the factor.  Rows are
+    independent within a pass, so the CPU overlaps them, which the pipelined
+    kernel's row-to-row dependency prevents (measured 1.4-1.9x faster on
+    rows of 100-128 elements)."""
+    n = x.shape[0]
+    in_place = same_buffer(x, out)
+    shift = np.empty(n, x.dtype)
+    total = np.empty(n, np.float64)
+    for r in range(n):
+        shift[r] = row_max(x[r]) * scale
+    for r in range(n):
+        m = shift[r]
+        if log:
+            total[r], _ = sumexp_next_max(x[r], x[r], scale, m)
+        else:
+            total[r], _ = _exp_store_sum_next_max(x[r], out[r], x[r], scale, m, in_place)
+    for r in range(n):
+        m = shift[r]
+        s, factor = finish(m, total[r], log)
+        orow = out[r]
+        if log:
+            write_row(x[r], orow, scale, s, factor, True)
+        elif s != m:  # non-finite max: the answer is NaN whatever was stored
+            write_row(orow, orow, scale, s, factor, False)
+        else:
+            for i in range(orow.size):
+                orow[i] *= factor
+
+
 @njit(fastmath=FASTMATH, **JIT)
 def softmax_row_long(x, out, scale, log):
     """softmax / log_softmax of a row too long for cache: online stats, then write."""
@@ -193,7 +225,7 @@ def logsumexp_rows(x, scale, res, n_blocks):
             res[r] = logsumexp_of_row(x[r], scale, m, total)
 
 
-@driver
+@driver(allocates=True)
 def row_stats_split(x, scale, chunk):
     """Per-row ``(m, total)`` of long rows, each split into chunks over all
     threads and merged in chunk order (the result does not depend on the
@@ -272,7 +304,7 @@ def _merge_column_stats(m_parts, total_parts, m, total):
         m[j], total[j] = merge_max_sumexp(m_parts[:, j], total_parts[:, j])
 
 
-@driver
+@driver(allocates=True)
 def column_stats_chunked(x, scale, n_chunks, block_rows):
     """Per-column ``(m, total)`` of ``x`` along axis 0: the rows are split into
     ``n_chunks`` chunks over the threads, merged in chunk order."""
@@ -297,7 +329,7 @@ def column_stats_chunked(x, scale, n_chunks, block_rows):
     return m, total
 
 
-@driver
+@driver(allocates=True)
 def softmax_cols_write(x, out, scale, log, n_chunks, m, total):
     """Write pass of the column kernels, rows split in chunks over the threads."""
     n, n_cols = x.shape
