@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import fastmax
-from fastmax._kernels import schedule
+from fastmax._kernels import schedule, short
 
 from . import reference as ref
 from .strategies import FLOAT_DTYPES, arrays, axes
@@ -211,6 +211,50 @@ def test_kernel_paths(dtype, shape, axis, rng):
         )
     got = fastmax.logsumexp(x, axis=axis)
     ref.assert_matches(got, ref.logsumexp(x, axis=axis), dtype, scale=50)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_cols", [2, 4, 8, 16])
+def test_short_rows_reduced_inside_vectors(dtype, n_cols, rng):
+    """Rows of 2-16 classes: whole blocks, the rows after the last block, and
+    blocks with NaN, +inf, -inf rows handed to the row kernels."""
+    n_rows = 3 * short.BLOCK_ELEMENTS // n_cols + 5
+    assert short.fits(n_cols, np.dtype(dtype).itemsize) == (n_cols * np.dtype(dtype).itemsize <= 64)
+    x = (rng.standard_normal((n_rows, n_cols)) * 8).astype(dtype)
+    x[3, 0] = np.nan
+    x[n_rows // 2, :] = -np.inf
+    x[n_rows // 2 + 1, -1] = np.inf
+    x[-2, 0] = np.inf
+    x[n_rows // 3, :] = [1e-3] + [-30.0] * (n_cols - 1)  # logsumexp near 0
+    x[n_rows // 3 + 1, :] = -80.0  # underflow-prone, shifted by its max
+    for fn, log in SOFTMAXES:
+        expected = ref.softmax(x, log=log)
+        ref.assert_matches(fn(x), expected, dtype, scale=50, context=fn.__name__)
+        for temperature in (0.5, 2.0):
+            ref.assert_matches(
+                fn(x, temperature=temperature),
+                ref.softmax(x / temperature, log=log),
+                dtype,
+                scale=100,
+                context=f"{fn.__name__} T={temperature}",
+            )
+        y = x.copy()
+        assert fn(y, out=y) is y  # in place
+        ref.assert_matches(y, expected, dtype, scale=50, context=f"{fn.__name__} in place")
+    ref.assert_matches(fastmax.logsumexp(x), ref.logsumexp(x), dtype, scale=50)
+    finite = x[np.isfinite(x).all(axis=1)]
+    np.testing.assert_allclose(
+        fastmax.softmax(finite), ref.softmax(finite), rtol=1e-5 if dtype == np.float32 else 1e-14
+    )
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = [fastmax.softmax(x), fastmax.log_softmax(x), fastmax.logsumexp(x)]
+    finally:
+        numba.set_num_threads(before)
+    again = [fastmax.softmax(x), fastmax.log_softmax(x), fastmax.logsumexp(x)]
+    for a, b in zip(one, again, strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_leading_minus_inf_blocks_do_not_poison_the_sum(rng):

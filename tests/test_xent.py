@@ -149,6 +149,27 @@ def test_z_loss_adds_lse_squared_for_kept_samples(rng):
     np.testing.assert_allclose(diff, 0.5 * np.mean(lse[kept] ** 2), rtol=1e-10)  # not weighted
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_cols", [2, 8, 16])
+def test_many_short_rows(dtype, n_cols, rng):
+    """The forward pass on rows reduced inside vectors, against the reference."""
+    x, t = _problem(rng, (3000, n_cols), -1, dtype, "index")
+    x[9, :] = -np.inf
+    x[11, 0] = np.nan
+    w = (rng.random(n_cols) + 0.5).astype(dtype)
+    kw = dict(weight=w, reduction="none", z_loss=1e-3)
+    tol = dict(rtol=2e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-13)
+    with np.errstate(invalid="ignore"):
+        expected = ref.cross_entropy(x, t, **kw)
+    np.testing.assert_allclose(fastmax.softmax_cross_entropy(x, t, **kw), expected, **tol)
+    finite = np.isfinite(x).all(axis=1)
+    np.testing.assert_allclose(
+        fastmax.softmax_cross_entropy(x[finite], t[finite], weight=w),
+        ref.cross_entropy(x[finite], t[finite], weight=w),
+        **tol,
+    )
+
+
 def test_class_axis_first_and_middle(rng):
     x, t = _problem(rng, (4, 7, 3, 2), 1, np.float64, "index")
     np.testing.assert_allclose(

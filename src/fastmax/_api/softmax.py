@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from .._kernels import short as S
 from .._kernels import softmax as K
 from .._kernels.schedule import (
     PARALLEL_MIN_ELEMENTS,
@@ -49,7 +50,9 @@ def _softmax_rows(src: np.ndarray, dst: np.ndarray, mask, scale, log: bool) -> N
     """Run the softmax kernel that suits the layouts of the 2-D views."""
     n_rows, n_cols = src.shape
     size = src.size
-    if mask is None and size < PARALLEL_MIN_ELEMENTS and src.strides[1] == src.itemsize:
+    if mask is None and S.fits_rows(src, dst):
+        S.softmax_short_rows(size, src, dst, scale, log, row_blocks(n_rows))
+    elif mask is None and size < PARALLEL_MIN_ELEMENTS and src.strides[1] == src.itemsize:
         K.softmax_rows_small(src, dst, scale, log)
     elif mask is not None:
         K.softmax_rows_masked(size, src, mask, dst, scale, log)
@@ -146,7 +149,9 @@ def _logsumexp_rows(src: np.ndarray, res: np.ndarray) -> None:
     n_rows, n_cols = src.shape
     size = src.size
     one = src.dtype.type(1.0)
-    if size < PARALLEL_MIN_ELEMENTS:
+    if S.fits_rows(src):
+        S.logsumexp_short_rows(size, src, one, res, row_blocks(n_rows))
+    elif size < PARALLEL_MIN_ELEMENTS:
         K.logsumexp_rows.serial(src, one, res, 1)
     elif unit_stride(src, 1) and split_rows(n_rows, n_cols):
         m, total = K.row_stats_split(size, src, one, SPLIT_CHUNK)

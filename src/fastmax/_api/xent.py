@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from .._kernels import short
 from .._kernels import xent as K
 from .._kernels.schedule import row_blocks
 from .._layout import contiguous_for_rows, rows_view, unit_stride
@@ -95,11 +96,11 @@ def _prepare(
                 f"(logits {x.shape} without axis {ax})"
             )
         flat = np.ascontiguousarray(t).reshape(-1)
-        index = flat.astype(np.int64)
+        index = flat.astype(np.int64, copy=False)
         if t.dtype.kind == "u" and t.dtype.itemsize == 8:
             # Values past int64 wrap around: mark them out of range, whatever ignore_index is.
             index[flat > np.iinfo(np.int64).max] = -2 if ignore == -1 else -1
-        bad, denominator, kept = K.check_targets(index, n_classes, ignore, w)
+        bad, denominator, kept = K.check_targets(index.size, index, n_classes, ignore, w)
         if bad >= 0:
             where = np.unravel_index(bad, t.shape) if t.ndim else ()
             raise ValueError(
@@ -150,7 +151,19 @@ def _kernel(pb: _Problem, rows, index, probs, part_a, part_z, grad_rows, scale, 
     out = grad_rows if write else np.empty((1, rows.shape[1]), pb.cdt)
     scale = scale if write else np.empty(1)
     scale_z = scale_z if write else np.empty(1)
-    if index is not None:
+    if index is not None and not write and pb.smoothing == 0.0 and short.fits_rows(rows):
+        # Many short rows: logsumexp with the rows reduced inside vectors.
+        short.xent_index_short_rows(
+            rows.size,
+            rows,
+            index,
+            pb.weight,
+            pb.ignore_index,
+            part_a,
+            part_z,
+            row_blocks(rows.shape[0]),
+        )
+    elif index is not None:
         K.xent_index_rows(
             rows.size,
             rows,

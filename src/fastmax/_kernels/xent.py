@@ -32,11 +32,13 @@ from .reduce import ACC_RUN, _sumexp_run, lse_of_stats, row_max
 from .schedule import driver
 from .softmax import _exp_store_run, same_buffer
 
+#: Chunks of the target check (fixed, so the summed weight does not depend
+#: on the number of threads).
+TARGET_CHUNKS = 16
+
 
 @njit(fastmath=FASTMATH, **JIT)
-def check_targets(target, n_classes, ignore_index, weight):
-    """First position of a target outside ``[0, C)`` that is not ``ignore_index``
-    (-1 if none), the summed weight of the kept targets and how many are kept."""
+def _check_chunk(target, n_classes, ignore_index, weight):
     total_weight = 0.0
     kept = 0
     for i in range(target.size):
@@ -47,6 +49,30 @@ def check_targets(target, n_classes, ignore_index, weight):
             return i, 0.0, 0
         total_weight += np.float64(weight[t])
         kept += 1
+    return -1, total_weight, kept
+
+
+@driver(allocates=True)
+def check_targets(target, n_classes, ignore_index, weight):
+    """First position of a target outside ``[0, C)`` that is not ``ignore_index``
+    (-1 if none), the summed weight of the kept targets and how many are kept."""
+    n = target.size
+    bad = np.empty(TARGET_CHUNKS, np.int64)
+    weights = np.empty(TARGET_CHUNKS, np.float64)
+    counts = np.empty(TARGET_CHUNKS, np.int64)
+    for c in prange(TARGET_CHUNKS):
+        lo = c * n // TARGET_CHUNKS
+        b, weights[c], counts[c] = _check_chunk(
+            target[lo : (c + 1) * n // TARGET_CHUNKS], n_classes, ignore_index, weight
+        )
+        bad[c] = lo + b if b >= 0 else -1
+    total_weight = 0.0
+    kept = 0
+    for c in range(TARGET_CHUNKS):
+        if bad[c] >= 0:
+            return bad[c], 0.0, 0
+        total_weight += weights[c]
+        kept += counts[c]
     return -1, total_weight, kept
 
 
