@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import fastmax
-from fastmax._kernels import schedule
+from fastmax._kernels import schedule, short
 
 from . import reference as ref
 from .strategies import arrays, axes
@@ -104,3 +104,23 @@ def test_long_rows_split_across_threads(dtype, rng):
     y = x.copy()
     fastmax.hardmax(y, out=y)
     np.testing.assert_array_equal(y, ref.hardmax(x))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_cols", [2, 4, 8, 16])
+def test_many_short_rows(dtype, n_cols, rng):
+    """Rows reduced inside vectors: ties, NaN, ±inf, all -inf, the rows after
+    the last block, and in place."""
+    n_rows = 3 * short.BLOCK_ELEMENTS // n_cols + 7
+    x = rng.integers(-3, 3, (n_rows, n_cols)).astype(dtype)  # many ties
+    x[1, -1] = np.nan
+    x[2, :] = np.nan
+    x[3, 0] = np.inf
+    x[4, :] = -np.inf
+    x[5, 1:] = np.inf
+    x[-1, -1] = np.nan
+    expected = ref.hardmax(x)
+    np.testing.assert_array_equal(fastmax.hardmax(x), expected)
+    y = x.copy()
+    assert fastmax.hardmax(y, out=y) is y
+    np.testing.assert_array_equal(y, expected)

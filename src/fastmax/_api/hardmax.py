@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from .._kernels import hardmax as K
+from .._kernels import short
 from .._kernels.schedule import (
     PARALLEL_MIN_ELEMENTS,
     SPLIT_CHUNK,
@@ -19,7 +20,9 @@ from ._elementwise import elementwise_job, fast_path
 
 
 def _hardmax_rows(src: np.ndarray, dst: np.ndarray) -> None:
-    if src.size < PARALLEL_MIN_ELEMENTS and unit_stride(src, 1):
+    if short.fits_rows(src, dst) and src.dtype == dst.dtype:
+        short.hardmax_short_rows(src.size, src, dst, row_blocks(src.shape[0]))
+    elif src.size < PARALLEL_MIN_ELEMENTS and unit_stride(src, 1):
         K.hardmax_rows.serial(src, dst, 1)  # small: no thread-count query, no launch
     elif (
         src.shape[1] > 1 and unit_stride(src, 0) and unit_stride(dst, 0) and not unit_stride(src, 1)

@@ -163,6 +163,21 @@ def _kernel(pb: _Problem, rows, index, probs, part_a, part_z, grad_rows, scale, 
             part_z,
             row_blocks(rows.shape[0]),
         )
+    elif index is not None and write and pb.smoothing == 0.0 and short.fits_rows(rows, out):
+        short.xent_index_grad_short_rows(
+            rows.size,
+            rows,
+            index,
+            pb.weight,
+            pb.ignore_index,
+            pb.z_loss,
+            part_a,
+            part_z,
+            out,
+            scale,
+            scale_z,
+            row_blocks(rows.shape[0]),
+        )
     elif index is not None:
         K.xent_index_rows(
             rows.size,

@@ -1,10 +1,13 @@
 """Row reductions shared by every kernel family.
 
 All take a 1-D view (any stride) with at least one element and compute in the
-view's own floating type.  Sums of exponentials accumulate in the view's
-type over runs of :data:`ACC_RUN` elements (vector lanes of short partial
-sums: no float32 to float64 conversion per element) and in float64 across
-runs, so a float32 row of millions of elements keeps float32 accuracy.
+view's own floating type.  Sums of exponentials accumulate in float64, so a
+float32 row of millions of elements keeps float32 accuracy, and the sum of
+float32 terms does not depend on the order LLVM's vectorizer picks (which
+can differ between a kernel compiled in this process and the same kernel
+loaded from the on-disk cache: a float32 accumulator made results differ
+in the last bit between the two).  Rows are summed in runs of
+:data:`ACC_RUN` elements (slices: measured faster than one long loop).
 
 ``scale`` multiplies every element before use (``1/temperature``); as it is
 positive, ``max(x) * scale == max(x * scale)`` exactly.  A row's statistics
@@ -24,7 +27,7 @@ from ._math import exp_nonpos, fmaximum, like
 
 #: Elements per block of the online max+sum: small enough to stay in L1.
 BLOCK = 2048
-#: Elements summed in the row's own type before the partial sum goes into float64.
+#: Elements per run of the sums of exponentials.
 ACC_RUN = 1024
 #: logsumexp results smaller than this are recomputed in SciPy's more precise
 #: form (below it, ``m + log(total)`` loses relative accuracy to cancellation).
@@ -42,9 +45,9 @@ def row_max(x):
 
 @njit(fastmath=FASTMATH, inline="always", **JIT)
 def _sumexp_run(x, nxt, scale, shift, m_next):
-    part = like(0.0, shift)
+    part = 0.0
     for i in range(x.size):
-        part += exp_nonpos(x[i] * scale - shift)
+        part += np.float64(exp_nonpos(x[i] * scale - shift))
         m_next = fmaximum(m_next, nxt[i])
     return part, m_next
 

@@ -23,9 +23,13 @@ from numba import njit, prange
 
 from .._config import FASTMATH, JIT
 from ._math import VECTOR_BYTES, exp_nonpos, like, log_pos, segment_allreduce
+from .hardmax import row_argmax, write_one_hot
 from .reduce import NEAR_ZERO, logsumexp_of_row, row_max_sumexp
 from .schedule import driver
 from .softmax import same_buffer, softmax_rows_cached_block
+from .xent import xent_index_rows
+
+_xent_rows_serial = xent_index_rows.serial
 
 #: Elements per block (a multiple of every vector's lane count): with its two
 #: scratch rows of the same size it stays in L1.
@@ -191,3 +195,146 @@ def xent_index_short_rows(x, target, w, ignore_index, part_a, part_z, n_tasks):
         mr, total = row_max_sumexp(x[r0 + i], one)
         lse[i] = logsumexp_of_row(x[r0 + i], one, mr, total)
     _index_parts(x, target, w, ignore_index, lse, r0, part_a, part_z)
+
+
+@njit(fastmath=FASTMATH, **JIT)
+def _first_max_lanes(xb, m, c, n_cols):
+    """``c`` = minus the position in its row of each row's first maximum (or
+    first NaN, as ``np.argmax``), in every lane of the row."""
+    lanes = VECTOR_BYTES // xb.itemsize
+    for k in range(xb.size):
+        m[k] = xb[k]
+    for k in range(0, xb.size, lanes):
+        segment_allreduce(m, k, n_cols, True)
+    neg_inf = like(-np.inf, m[0])
+    for k in range(xb.size):
+        v = xb[k]
+        # A NaN row's max is NaN, equal to nothing: its candidates are its NaNs.
+        hit = (v == m[k]) | (v != v)
+        c[k] = -like(k & (n_cols - 1), v) if hit else neg_inf
+    for k in range(0, xb.size, lanes):
+        segment_allreduce(c, k, n_cols, True)
+
+
+@driver(allocates=True)
+def hardmax_short_rows(x, out, n_tasks):
+    """One-hot of ``np.argmax`` of each row, for rows that ``fits``."""
+    n_rows, n_cols = x.shape
+    rows_per_block = BLOCK_ELEMENTS // n_cols
+    n_blocks = n_rows // rows_per_block
+    in_place = same_buffer(x, out)
+    xf = x.reshape(-1)
+    of = out.reshape(-1)
+    one = like(1.0, of[0])
+    zero = like(0.0, of[0])
+    for task in prange(n_tasks):
+        m = np.empty(BLOCK_ELEMENTS, x.dtype)
+        c = np.empty(BLOCK_ELEMENTS, x.dtype)
+        for b in range(task * n_blocks // n_tasks, (task + 1) * n_blocks // n_tasks):
+            k0 = b * BLOCK_ELEMENTS
+            ob = of[k0 : k0 + BLOCK_ELEMENTS]
+            if in_place:  # everything is read before the first write
+                _first_max_lanes(ob, m, c, n_cols)
+            else:
+                _first_max_lanes(xf[k0 : k0 + BLOCK_ELEMENTS], m, c, n_cols)
+            for k in range(BLOCK_ELEMENTS):
+                ob[k] = one if -like(k & (n_cols - 1), c[k]) == c[k] else zero
+    for r in range(n_blocks * rows_per_block, n_rows):
+        write_one_hot(out[r], row_argmax(x[r]))
+
+
+@driver(allocates=True)
+def xent_index_grad_short_rows(
+    x, target, w, ignore_index, z_loss, part_a, part_z, out, scale, scale_z, n_tasks
+):
+    """The fused cross-entropy pass of index targets without smoothing for rows
+    that ``fits``: the forward parts and ``out = d loss / d x`` (``out`` may
+    be ``x``), with ``scale``/``scale_z`` as in ``xent.xent_index_rows``.
+
+    Per block: the row statistics in every lane; per row the loss parts and
+    the gradient's factor ``(w[t] * s + 2 z lse s_z) / sum``, broadcast back
+    to the row's lanes by a segment sum over lanes that are 0 but the first;
+    then one vector pass ``exp(x - max) * factor`` and, per row, ``- w[t] * s``
+    at the target."""
+    n_rows, n_cols = x.shape
+    rows_per_block = BLOCK_ELEMENTS // n_cols
+    n_blocks = n_rows // rows_per_block
+    lanes = VECTOR_BYTES // x.itemsize
+    in_place = same_buffer(x, out)
+    xf = x.reshape(-1)
+    of = out.reshape(-1)
+    one = like(1.0, x[0, 0])
+    for task in prange(n_tasks):
+        m = np.empty(BLOCK_ELEMENTS, x.dtype)
+        u = np.empty(BLOCK_ELEMENTS, x.dtype)
+        a_nll = np.empty(rows_per_block, np.float64)
+        for b in range(task * n_blocks // n_tasks, (task + 1) * n_blocks // n_tasks):
+            k0 = b * BLOCK_ELEMENTS
+            r0 = b * rows_per_block
+            xb = xf[k0 : k0 + BLOCK_ELEMENTS]
+            ob = of[k0 : k0 + BLOCK_ELEMENTS]
+            if not _block_stats(xb, one, m, u, n_cols):
+                _xent_rows_serial(
+                    x[r0 : r0 + rows_per_block],
+                    target[r0 : r0 + rows_per_block],
+                    w,
+                    ignore_index,
+                    0.0,
+                    z_loss,
+                    part_a[r0 : r0 + rows_per_block],
+                    part_z[r0 : r0 + rows_per_block],
+                    True,
+                    out[r0 : r0 + rows_per_block],
+                    scale[r0 : r0 + rows_per_block],
+                    scale_z[r0 : r0 + rows_per_block],
+                    1,
+                )
+                continue
+            for i in range(rows_per_block):
+                r = r0 + i
+                t = target[r]
+                total = np.float64(u[i * n_cols])
+                if t == ignore_index:
+                    part_a[r] = 0.0
+                    part_z[r] = 0.0
+                    a_nll[i] = 0.0
+                    u[i * n_cols] = 0.0
+                    continue
+                lse = np.float64(m[i * n_cols]) + log_pos(total)
+                wt = np.float64(w[t])
+                part_a[r] = wt * (lse - np.float64(x[r, t]))
+                part_z[r] = lse * lse
+                a_nll[i] = wt * scale[r]
+                z_term = 2.0 * z_loss * lse * scale_z[r] if z_loss != 0.0 else 0.0
+                u[i * n_cols] = (a_nll[i] + z_term) / total
+            for i in range(rows_per_block):
+                for j in range(1, n_cols):
+                    u[i * n_cols + j] = 0.0
+            for k in range(0, BLOCK_ELEMENTS, lanes):
+                segment_allreduce(u, k, n_cols, False)
+            if in_place:  # one array for both: equal pointers would not vectorize
+                for k in range(BLOCK_ELEMENTS):
+                    ob[k] = exp_nonpos(ob[k] - m[k]) * u[k]
+            else:
+                for k in range(BLOCK_ELEMENTS):
+                    ob[k] = exp_nonpos(xb[k] - m[k]) * u[k]
+            for i in range(rows_per_block):
+                t = target[r0 + i]
+                if t != ignore_index:
+                    ob[i * n_cols + t] -= like(a_nll[i], one)
+    r0 = n_blocks * rows_per_block
+    _xent_rows_serial(
+        x[r0:],
+        target[r0:],
+        w,
+        ignore_index,
+        0.0,
+        z_loss,
+        part_a[r0:],
+        part_z[r0:],
+        True,
+        out[r0:],
+        scale[r0:],
+        scale_z[r0:],
+        1,
+    )

@@ -60,6 +60,15 @@ def same_buffer(x, out):
     return data_address(x) == data_address(out)
 
 
+@njit(fastmath=FASTMATH, **JIT)
+def next_row(r, r0, r1):
+    """The row whose max a pipelined pass over row ``r`` of ``r0:r1`` also
+    reads: the next one, or for the last an earlier one, so that the row read
+    is never the row being written in place (equal pointers would make that
+    row's loop scalar, and its sum round differently)."""
+    return r + 1 if r + 1 < r1 else r0
+
+
 @njit(fastmath=EXACT_MATH, inline="always", **JIT)
 def _write_loop(x, out, scale, shift, factor, log):
     if log:
@@ -100,11 +109,11 @@ def write_row_per_column(x, out, scale, shift, factor, log):
 
 @njit(fastmath=FASTMATH, inline="always", **JIT)
 def _exp_store_run(x, out, nxt, scale, m, m_next):
-    part = like(0.0, m)
+    part = 0.0
     for i in range(x.size):
         e = exp_nonpos(x[i] * scale - m)
         out[i] = e
-        part += e
+        part += np.float64(e)
         m_next = fmaximum(m_next, nxt[i])
     return part, m_next
 
@@ -137,7 +146,7 @@ def softmax_rows_cached_block(x, out, scale, log, r0, r1):
     in_place = same_buffer(x, out)
     m_next = row_max(x[r0])
     for r in range(r0, r1):
-        nxt = x[min(r + 1, r1 - 1)]
+        nxt = x[next_row(r, r0, r1)]
         m = m_next * scale
         if log:
             total, m_next = sumexp_next_max(x[r], nxt, scale, m)
@@ -172,7 +181,8 @@ def softmax_rows_small(x, out, scale, log):
         if log:
             total[r], _ = sumexp_next_max(x[r], x[r], scale, m)
         else:
-            total[r], _ = _exp_store_sum_next_max(x[r], out[r], x[r], scale, m, in_place)
+            nxt = x[next_row(r, 0, n)]
+            total[r], _ = _exp_store_sum_next_max(x[r], out[r], nxt, scale, m, in_place)
     for r in range(n):
         m = shift[r]
         s, factor = finish(m, total[r], log)

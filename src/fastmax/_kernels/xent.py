@@ -30,7 +30,7 @@ from .._config import EXACT_MATH, FASTMATH, JIT
 from ._math import exp_nonpos, fmaximum, like
 from .reduce import ACC_RUN, _sumexp_run, lse_of_stats, row_max
 from .schedule import driver
-from .softmax import _exp_store_run, same_buffer
+from .softmax import _exp_store_run, next_row, same_buffer
 
 #: Chunks of the target check (fixed, so the summed weight does not depend
 #: on the number of threads).
@@ -78,13 +78,13 @@ def check_targets(target, n_classes, ignore_index, weight):
 
 @njit(fastmath=FASTMATH, inline="always", **JIT)
 def _exp_run(x, nxt, w, q, out, m, m_next, keep, spread, smoothing, store, use_q):
-    part = like(0.0, m)
+    part = 0.0
     a = 0.0
     b = 0.0
     for k in range(x.size):
         xk = x[k]
         e = exp_nonpos(xk - m)
-        part += e
+        part += np.float64(e)
         m_next = fmaximum(m_next, nxt[k])
         if use_q:
             wq = np.float64(w[k]) * (np.float64(q[k]) * keep + spread)
@@ -106,7 +106,7 @@ def _exp_pass(x, nxt, w, q, out, m, smoothing, store, use_q, in_place):
     ``sum(w * x)`` when smoothing.  With ``store``, ``out = exp(x - m)``:
     the gradient pass then only rescales (one exp per element).  A row whose
     max ``m`` is not finite gets a NaN sum (its loss is decided by ``m``).
-    Runs of :data:`ACC_RUN` elements are summed in the row's type."""
+    Rows go in runs of :data:`ACC_RUN` elements."""
     n = x.size
     keep = 1.0 - smoothing
     spread = smoothing / n
@@ -194,7 +194,7 @@ def xent_index_rows(
             m = m_next
             t = target[r]
             xr = x[r]
-            nxt = x[min(r + 1, r1 - 1)]
+            nxt = x[next_row(r, r0, r1)]
             if t == ignore_index:
                 m_next = row_max(nxt)
                 part_a[r] = 0.0
@@ -242,7 +242,7 @@ def xent_prob_rows(
             xr = x[r]
             orow = out[r] if write_grad else out[0]
             total, a, b, m_next = row_pass(
-                xr, x[min(r + 1, r1 - 1)], w, q[r], orow, m, smoothing, write_grad, True
+                xr, x[next_row(r, r0, r1)], w, q[r], orow, m, smoothing, write_grad, True
             )
             lse = lse_of_stats(m, total)
             part_a[r] = a * lse - b
