@@ -35,6 +35,21 @@ def fast_path(x: Any, axis: Any) -> bool:
     )
 
 
+def fast_out(x: np.ndarray, out: Any) -> bool:
+    """``out`` for the common call: None, or a C-contiguous array of ``x``'s
+    shape and dtype that is ``x`` itself or shares no memory with it."""
+    if out is None:
+        return True
+    return (
+        type(out) is np.ndarray
+        and out.dtype == x.dtype
+        and out.shape == x.shape
+        and out.flags.c_contiguous
+        and out.flags.writeable
+        and (out is x or not np.may_share_memory(out, x))
+    )
+
+
 @dataclass
 class RowsJob:
     """What a kernel needs: ``src`` and ``dst`` 2-D views (possibly the same

@@ -27,7 +27,7 @@ from .._validate import (
     reduction_axes,
     temperature_scale,
 )
-from ._elementwise import elementwise_job, fast_path
+from ._elementwise import elementwise_job, fast_out, fast_path
 
 ArrayLike = Any
 
@@ -72,14 +72,14 @@ def _softmax_rows(src: np.ndarray, dst: np.ndarray, mask, scale, log: bool) -> N
 
 def _softmax_family(x, axis, out, where, temperature, log: bool, func: str):
     if (
-        out is None
-        and where is None
+        where is None
         and type(temperature) in (float, int)
         and temperature == 1
         and fast_path(x, axis)
+        and fast_out(x, out)
     ):
         n_cols = x.shape[-1]
-        result = np.empty_like(x)
+        result = np.empty_like(x) if out is None else out
         _softmax_rows(
             x.reshape(-1, n_cols), result.reshape(-1, n_cols), None, x.dtype.type(1.0), log
         )

@@ -11,7 +11,7 @@ import numpy as np
 
 from .._kernels import short
 from .._kernels import xent as K
-from .._kernels.schedule import row_blocks
+from .._kernels.schedule import PARALLEL_MIN_ELEMENTS, row_blocks
 from .._layout import contiguous_for_rows, rows_view, unit_stride
 from .._validate import as_array, check_no_partial_overlap, check_out, float_dtypes, reduction_axes
 
@@ -52,9 +52,57 @@ def _number(value: Any, name: str, func: str, lo: float, hi: float) -> float:
     return v
 
 
+_NATIVE = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _prepare_common(
+    logits, target, axis, weight, ignore_index, reduction, label_smoothing, z_loss, func: str
+) -> _Problem | None:
+    """The common call, checked quickly: (N, C) C-contiguous float32/float64
+    logits, int64 class indices, no weight, smoothing or z-loss.  None when
+    the call is anything else or has a bad target (the general path then
+    raises the error)."""
+    if not (
+        type(logits) is np.ndarray
+        and type(target) is np.ndarray
+        and weight is None
+        and type(ignore_index) is int
+        and type(axis) is int
+        and label_smoothing == 0
+        and z_loss == 0
+        and type(label_smoothing) in (int, float)
+        and type(z_loss) in (int, float)
+        and reduction in _REDUCTIONS
+        and logits.ndim == 2
+        and axis in (-1, 1)
+        and logits.dtype in _NATIVE
+        and logits.size > 0
+        and logits.flags.c_contiguous
+        and target.dtype == np.int64
+        and target.shape == logits.shape[:1]
+        and target.flags.c_contiguous
+    ):
+        return None
+    n_classes = logits.shape[1]
+    w = np.ones(n_classes, logits.dtype)
+    bad, denominator, kept = K.check_targets(target.size, target, n_classes, ignore_index, w)
+    if bad >= 0:
+        return None
+    dt = logits.dtype
+    return _Problem(
+        func, logits, logits, 1, dt, dt, target.shape, target, None, w, ignore_index,
+        reduction, 0.0, 0.0, float(denominator), int(kept),
+    )  # fmt: skip
+
+
 def _prepare(
     logits, target, axis, weight, ignore_index, reduction, label_smoothing, z_loss, func: str
 ) -> _Problem:
+    common = _prepare_common(
+        logits, target, axis, weight, ignore_index, reduction, label_smoothing, z_loss, func
+    )
+    if common is not None:
+        return common
     x = as_array(logits, "logits", func)
     cdt, rdt = float_dtypes(x.dtype, "logits", func)
     if x.ndim == 0:
@@ -148,6 +196,8 @@ _GATHER_BYTES = 1 << 23
 
 def _kernel(pb: _Problem, rows, index, probs, part_a, part_z, grad_rows, scale, scale_z):
     write = grad_rows is not None
+    # Small calls run serially: no thread-count query for their block count.
+    n_blocks = row_blocks(rows.shape[0]) if rows.size >= PARALLEL_MIN_ELEMENTS else 1
     out = grad_rows if write else np.empty((1, rows.shape[1]), pb.cdt)
     scale = scale if write else np.empty(1)
     scale_z = scale_z if write else np.empty(1)
@@ -161,7 +211,7 @@ def _kernel(pb: _Problem, rows, index, probs, part_a, part_z, grad_rows, scale, 
             pb.ignore_index,
             part_a,
             part_z,
-            row_blocks(rows.shape[0]),
+            n_blocks,
         )
     elif index is not None and write and pb.smoothing == 0.0 and short.fits_rows(rows, out):
         short.xent_index_grad_short_rows(
@@ -176,7 +226,7 @@ def _kernel(pb: _Problem, rows, index, probs, part_a, part_z, grad_rows, scale, 
             out,
             scale,
             scale_z,
-            row_blocks(rows.shape[0]),
+            n_blocks,
         )
     elif index is not None:
         K.xent_index_rows(
@@ -193,7 +243,7 @@ def _kernel(pb: _Problem, rows, index, probs, part_a, part_z, grad_rows, scale, 
             out,
             scale,
             scale_z,
-            row_blocks(rows.shape[0]),
+            n_blocks,
         )
     else:
         K.xent_prob_rows(
@@ -209,7 +259,7 @@ def _kernel(pb: _Problem, rows, index, probs, part_a, part_z, grad_rows, scale, 
             out,
             scale,
             scale_z,
-            row_blocks(rows.shape[0]),
+            n_blocks,
         )
 
 
