@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import fastmax
+from fastmax._kernels import schedule
 
 from . import reference as ref
 
@@ -184,6 +185,36 @@ def test_many_short_rows(dtype, n_cols, rng):
     loss_in_place, _ = fastmax.softmax_cross_entropy_with_grad(y, t, out=y, **kw)
     np.testing.assert_allclose(loss_in_place, loss, rtol=tol["rtol"], atol=tol["atol"])
     np.testing.assert_allclose(y, grad1, rtol=tol["rtol"], atol=tol["atol"])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_few_long_rows_split_across_threads(dtype, rng):
+    """Rows split over the threads (2 threads) against the row kernel (1 thread)."""
+    x, t = _problem(rng, (3, 2 * schedule.SPLIT_CHUNK + 17), -1, dtype, "index")
+    t[1] = -100
+    w = (rng.random(x.shape[1]) + 0.5).astype(dtype)
+    g = rng.standard_normal(3)
+    kw = dict(weight=w, reduction="none", label_smoothing=0.1, z_loss=1e-3)
+    tol = dict(rtol=1e-5, atol=1e-7) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-15)
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        loss1 = fastmax.softmax_cross_entropy(x, t, **kw)
+        grad1 = fastmax.softmax_cross_entropy_backward(x, t, g, **kw)
+        numba.set_num_threads(max(2, before))
+        assert schedule.split_rows(*x.shape)
+        loss2 = fastmax.softmax_cross_entropy(x, t, **kw)
+        grad2 = fastmax.softmax_cross_entropy_backward(x, t, g, **kw)
+        y = x.copy()
+        loss3, _ = fastmax.softmax_cross_entropy_with_grad(y, t, out=y, **kw)
+        _, grad3 = fastmax.softmax_cross_entropy_with_grad(x, t, **kw)
+    finally:
+        numba.set_num_threads(before)
+    np.testing.assert_allclose(loss2, ref.cross_entropy(x, t, **kw), **tol)
+    np.testing.assert_allclose(loss2, loss1, **tol)
+    np.testing.assert_allclose(grad2, grad1, **tol)
+    np.testing.assert_allclose(loss3, loss2, **tol)
+    np.testing.assert_allclose(y, grad3, **tol)
 
 
 def test_class_axis_first_and_middle(rng):

@@ -10,8 +10,9 @@ from typing import Any
 import numpy as np
 
 from .._kernels import short
+from .._kernels import softmax as KS
 from .._kernels import xent as K
-from .._kernels.schedule import PARALLEL_MIN_ELEMENTS, row_blocks
+from .._kernels.schedule import PARALLEL_MIN_ELEMENTS, SPLIT_CHUNK, row_blocks, split_rows
 from .._layout import contiguous_for_rows, rows_view, unit_stride
 from .._validate import as_array, check_no_partial_overlap, check_out, float_dtypes, reduction_axes
 
@@ -55,6 +56,12 @@ def _number(value: Any, name: str, func: str, lo: float, hi: float) -> float:
 _NATIVE = (np.dtype(np.float32), np.dtype(np.float64))
 
 
+def _unit_weights(n_classes: int, dtype) -> np.ndarray:
+    """Weights of 1 for every class without an array of C ones (a read-only
+    view of one element: vocabularies can be as large as the logits' rows)."""
+    return np.broadcast_to(np.ones(1, dtype), (n_classes,))
+
+
 def _prepare_common(
     logits, target, axis, weight, ignore_index, reduction, label_smoothing, z_loss, func: str
 ) -> _Problem | None:
@@ -84,7 +91,7 @@ def _prepare_common(
     ):
         return None
     n_classes = logits.shape[1]
-    w = np.ones(n_classes, logits.dtype)
+    w = _unit_weights(n_classes, logits.dtype)
     bad, denominator, kept = K.check_targets(target.size, target, n_classes, ignore_index, w)
     if bad >= 0:
         return None
@@ -123,7 +130,7 @@ def _prepare(
         raise TypeError(f"{func}: ignore_index must be an int, got {ignore_index!r}") from None
 
     if weight is None:
-        w = np.ones(n_classes, cdt)
+        w = _unit_weights(n_classes, cdt)
     else:
         w = as_array(weight, "weight", func)
         float_dtypes(w.dtype, "weight", func)
@@ -194,8 +201,52 @@ def _prepare(
 _GATHER_BYTES = 1 << 23
 
 
+def _split_index_rows(pb: _Problem, rows, index, part_a, part_z, grad_rows, scale, scale_z):
+    """Index targets on few long rows: each row split over all threads (row
+    statistics merged exactly, as softmax does), then a split gradient pass."""
+    n_rows, n_classes = rows.shape
+    one = rows.dtype.type(1.0)
+    m, total = KS.row_stats_split(rows.size, rows, one, SPLIT_CHUNK)
+    eps = pb.smoothing
+    w = pb.weight
+    total_w = float(n_classes) if w.strides == (0,) else float(np.sum(w, dtype=np.float64))
+    kept = index != pb.ignore_index
+    t = np.where(kept, index, 0)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        lse = np.where(np.isfinite(m), m.astype(np.float64) + np.log(total), m.astype(np.float64))
+        xt = rows[np.arange(n_rows), t].astype(np.float64)
+        wt = w[t].astype(np.float64)
+        a = (1.0 - eps) * wt * (lse - xt)
+        if eps > 0.0:
+            w64 = w.astype(np.float64)
+            xw = np.zeros(n_rows)
+            for lo in range(0, n_classes, SPLIT_CHUNK):  # float64 in bounded pieces
+                hi = lo + SPLIT_CHUNK
+                xw += rows[:, lo:hi].astype(np.float64) @ w64[lo:hi]
+            a = a + eps / n_classes * (total_w * lse - xw)
+        part_a[:] = np.where(kept, a, 0.0)
+        part_z[:] = np.where(kept, lse * lse, 0.0)
+        if grad_rows is None:
+            return
+        a_nll = np.where(kept, (1.0 - eps) * wt * scale, 0.0)
+        a_smooth = np.where(kept, eps / n_classes * scale, 0.0)
+        z_term = 2.0 * pb.z_loss * lse * scale_z if pb.z_loss else 0.0
+        coef = np.where(kept, (a_nll + a_smooth * total_w + z_term) / total, 0.0)
+    K.xent_grad_rows_split(rows.size, rows, w, grad_rows, m, coef, a_smooth, SPLIT_CHUNK)
+    for r in np.flatnonzero(kept):
+        grad_rows[r, t[r]] -= a_nll[r]
+
+
 def _kernel(pb: _Problem, rows, index, probs, part_a, part_z, grad_rows, scale, scale_z):
     write = grad_rows is not None
+    if (
+        index is not None
+        and unit_stride(rows, 1)
+        and (not write or unit_stride(grad_rows, 1))
+        and split_rows(*rows.shape)
+    ):
+        _split_index_rows(pb, rows, index, part_a, part_z, grad_rows, scale, scale_z)
+        return
     # Small calls run serially: no thread-count query for their block count.
     n_blocks = row_blocks(rows.shape[0]) if rows.size >= PARALLEL_MIN_ELEMENTS else 1
     out = grad_rows if write else np.empty((1, rows.shape[1]), pb.cdt)

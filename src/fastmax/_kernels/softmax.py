@@ -128,10 +128,13 @@ def _exp_store_sum_next_max(x, out, nxt, scale, m, in_place):
     total = 0.0
     m_next = nxt[0]
     n = x.size
+    alone = same_buffer(x, nxt)  # a block of one row: its "next" max is not needed
     for i0 in range(0, n, ACC_RUN):
         i1 = min(i0 + ACC_RUN, n)
         os = out[i0:i1]
-        if in_place:  # one slice for both: two equal pointers would not vectorize
+        if in_place and alone:  # one slice for all: equal pointers would not vectorize
+            part, m_next = _exp_store_run(os, os, os, scale, m, m_next)
+        elif in_place:
             part, m_next = _exp_store_run(os, os, nxt[i0:i1], scale, m, m_next)
         else:
             part, m_next = _exp_store_run(x[i0:i1], os, nxt[i0:i1], scale, m, m_next)

@@ -29,7 +29,7 @@ from numba import njit, prange
 from .._config import EXACT_MATH, FASTMATH, JIT
 from ._math import exp_nonpos, fmaximum, like
 from .reduce import ACC_RUN, _sumexp_run, lse_of_stats, row_max
-from .schedule import driver
+from .schedule import chunk_of, driver
 from .softmax import _exp_store_run, next_row, same_buffer
 
 #: Chunks of the target check (fixed, so the summed weight does not depend
@@ -98,7 +98,7 @@ def _exp_run(x, nxt, w, q, out, m, m_next, keep, spread, smoothing, store, use_q
 
 
 @njit(fastmath=FASTMATH, inline="always", **JIT)
-def _exp_pass(x, nxt, w, q, out, m, smoothing, store, use_q, in_place):
+def _exp_pass(x, nxt, w, q, out, m, smoothing, store, use_q, in_place, alone):
     """One pass over a row: ``sum(exp(x - m))``, the max of the next row
     ``nxt`` (streamed from memory while this row's exponentials are computed
     from cache), and, for probability targets
@@ -106,7 +106,8 @@ def _exp_pass(x, nxt, w, q, out, m, smoothing, store, use_q, in_place):
     ``sum(w * x)`` when smoothing.  With ``store``, ``out = exp(x - m)``:
     the gradient pass then only rescales (one exp per element).  A row whose
     max ``m`` is not finite gets a NaN sum (its loss is decided by ``m``).
-    Rows go in runs of :data:`ACC_RUN` elements."""
+    ``alone``: ``nxt`` is the row itself (a block of one row), whose max is
+    not needed.  Rows go in runs of :data:`ACC_RUN` elements."""
     n = x.size
     keep = 1.0 - smoothing
     spread = smoothing / n
@@ -126,17 +127,29 @@ def _exp_pass(x, nxt, w, q, out, m, smoothing, store, use_q, in_place):
         if plain and not store:  # the common forward: the loop of logsumexp
             t, m_next = _sumexp_run(xs, ns, one, m, m_next)
             total += np.float64(t)
-        elif plain and in_place:  # one slice for both: equal pointers would not vectorize
+        elif plain and in_place and alone:
+            # One slice for all: equal pointers in two arrays would not vectorize.
+            t, m_next = _exp_store_run(os, os, os, one, m, m_next)
+            total += np.float64(t)
+        elif plain and in_place:
             t, m_next = _exp_store_run(os, os, ns, one, m, m_next)
             total += np.float64(t)
         elif plain:
             t, m_next = _exp_store_run(xs, os, ns, one, m, m_next)
             total += np.float64(t)
         else:
-            src = os if in_place else xs
-            t, da, db, m_next = _exp_run(
-                src, ns, ws, qs, os, m, m_next, keep, spread, smoothing, store, use_q
-            )
+            if in_place and alone:
+                t, da, db, m_next = _exp_run(
+                    os, os, ws, qs, os, m, m_next, keep, spread, smoothing, store, use_q
+                )
+            elif in_place:
+                t, da, db, m_next = _exp_run(
+                    os, ns, ws, qs, os, m, m_next, keep, spread, smoothing, store, use_q
+                )
+            else:
+                t, da, db, m_next = _exp_run(
+                    xs, ns, ws, qs, os, m, m_next, keep, spread, smoothing, store, use_q
+                )
             total += t
             a += da
             b += db
@@ -147,7 +160,8 @@ def _exp_pass(x, nxt, w, q, out, m, smoothing, store, use_q, in_place):
 def row_pass(x, nxt, w, q, out, m, smoothing, store, use_q):
     """:func:`_exp_pass`; ``out`` may be ``x`` (one pointer, so it vectorizes)."""
     in_place = store and same_buffer(x, out)
-    return _exp_pass(x, nxt, w, q, out, m, smoothing, store, use_q, in_place)
+    alone = same_buffer(x, nxt)
+    return _exp_pass(x, nxt, w, q, out, m, smoothing, store, use_q, in_place, alone)
 
 
 @njit(fastmath=EXACT_MATH, **JIT)
@@ -157,9 +171,12 @@ def rescale_pass(out, w, q, coef, minus, keep, spread, use_q):
     if use_q:
         for k in range(out.size):
             out[k] = out[k] * coef - minus * w[k] * (q[k] * keep + spread)
-    else:
+    elif minus != 0:
         for k in range(out.size):
             out[k] = out[k] * coef - minus * w[k]
+    else:  # no smoothing: no weights to read
+        for k in range(out.size):
+            out[k] = out[k] * coef
 
 
 @driver
@@ -252,6 +269,29 @@ def xent_prob_rows(
                 z_term = 2.0 * z_loss * lse * scale_z[r] if z_loss != 0.0 else 0.0
                 coef = (a * s + z_term) / total
                 rescale_pass(orow, w, q[r], like(coef, m), like(s, m), keep, spread, True)
+
+
+@driver
+def xent_grad_rows_split(x, w, out, m_rows, coef_rows, smooth_rows, chunk):
+    """The gradient of few long rows split into chunks over all threads:
+    ``out = exp(x - m) * coef - smooth * w`` per row (``out`` may be ``x``);
+    the caller then subtracts the target's term."""
+    n_rows, n_cols = x.shape
+    n_chunks = (n_cols + chunk - 1) // chunk
+    for task in prange(n_rows * n_chunks):
+        r, lo, hi = chunk_of(task, n_chunks, chunk, n_cols)
+        m = m_rows[r]
+        coef = like(coef_rows[r], m)
+        smooth = like(smooth_rows[r], m)
+        o = out[r, lo:hi]
+        ws = w[lo:hi]
+        if same_buffer(x, out):  # one array: equal pointers would not vectorize
+            for i in range(o.size):
+                o[i] = exp_nonpos(o[i] - m) * coef - smooth * ws[i]
+        else:
+            xs = x[r, lo:hi]
+            for i in range(o.size):
+                o[i] = exp_nonpos(xs[i] - m) * coef - smooth * ws[i]
 
 
 @driver
