@@ -217,6 +217,32 @@ def test_few_long_rows_split_across_threads(dtype, rng):
     np.testing.assert_allclose(y, grad3, **tol)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_class_axis_first_column_kernels(dtype, rng):
+    """Classes on axis 0 (samples contiguous): the column path against the same
+    problem laid out with classes last."""
+    x, t = _problem(rng, (50, 3000), 0, dtype, "index")
+    x[:, 7] = -np.inf
+    x[3, 9] = np.nan
+    w = (rng.random(50) + 0.5).astype(dtype)
+    g = rng.standard_normal(3000)
+    kw = dict(weight=w, reduction="none", z_loss=1e-3)
+    tol = dict(rtol=2e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-14)
+    rows = np.ascontiguousarray(x.T)
+    loss = fastmax.softmax_cross_entropy(x, t, axis=0, **kw)
+    np.testing.assert_allclose(loss, fastmax.softmax_cross_entropy(rows, t, **kw), **tol)
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_allclose(loss, ref.cross_entropy(x, t, axis=0, **kw), **tol)
+    grad = fastmax.softmax_cross_entropy_backward(x, t, g, axis=0, **kw)
+    expected = fastmax.softmax_cross_entropy_backward(rows, t, g, **kw).T
+    np.testing.assert_allclose(grad, expected, **tol)
+    y = x.copy()
+    loss_in_place, _ = fastmax.softmax_cross_entropy_with_grad(y, t, axis=0, out=y, **kw)
+    _, grad1 = fastmax.softmax_cross_entropy_with_grad(rows, t, **kw)
+    np.testing.assert_allclose(loss_in_place, loss, **tol)
+    np.testing.assert_allclose(y, grad1.T, **tol)
+
+
 def test_class_axis_first_and_middle(rng):
     x, t = _problem(rng, (4, 7, 3, 2), 1, np.float64, "index")
     np.testing.assert_allclose(

@@ -12,7 +12,14 @@ import numpy as np
 from .._kernels import short
 from .._kernels import softmax as KS
 from .._kernels import xent as K
-from .._kernels.schedule import PARALLEL_MIN_ELEMENTS, SPLIT_CHUNK, row_blocks, split_rows
+from .._kernels.schedule import (
+    PARALLEL_MIN_ELEMENTS,
+    SPLIT_CHUNK,
+    column_block_rows,
+    column_chunks,
+    row_blocks,
+    split_rows,
+)
 from .._layout import contiguous_for_rows, rows_view, unit_stride
 from .._validate import as_array, check_no_partial_overlap, check_out, float_dtypes, reduction_axes
 
@@ -237,8 +244,51 @@ def _split_index_rows(pb: _Problem, rows, index, part_a, part_z, grad_rows, scal
         grad_rows[r, t[r]] -= a_nll[r]
 
 
+def _columns(pb: _Problem, rows, index, grad_rows) -> bool:
+    """Whether the column path applies (see :func:`_column_index_rows`)."""
+    return (
+        index is not None
+        and pb.smoothing == 0.0
+        and rows.shape[1] > 1
+        and not unit_stride(rows, 1)
+        and unit_stride(rows, 0)
+        and (grad_rows is None or unit_stride(grad_rows, 0))
+    )
+
+
+def _column_index_rows(pb: _Problem, rows, index, part_a, part_z, grad_rows, scale, scale_z):
+    """Index targets, no smoothing, with the class axis strided and the samples
+    contiguous (``axis=0``): per-sample statistics by the column kernel of
+    softmax (SIMD across samples, sequential reads), then a column write pass."""
+    n, n_classes = rows.shape
+    one = rows.dtype.type(1.0)
+    xt_cols = rows.T  # (C, N), rows contiguous
+    chunks = column_chunks(n)
+    m, total = KS.column_stats_chunked(
+        rows.size, xt_cols, one, column_chunks(n_classes), column_block_rows(n, rows.itemsize)
+    )
+    kept = index != pb.ignore_index
+    t = np.where(kept, index, 0)
+    samples = np.arange(n)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        lse = np.where(np.isfinite(m), m.astype(np.float64) + np.log(total), m.astype(np.float64))
+        wt = pb.weight[t].astype(np.float64)
+        part_a[:] = np.where(kept, wt * (lse - rows[samples, t].astype(np.float64)), 0.0)
+        part_z[:] = np.where(kept, lse * lse, 0.0)
+        if grad_rows is None:
+            return
+        a_nll = np.where(kept, wt * scale, 0.0)
+        z_term = 2.0 * pb.z_loss * lse * scale_z if pb.z_loss else 0.0
+        coef = np.where(kept, (a_nll + z_term) / total, 0.0).astype(rows.dtype)
+    K.xent_grad_cols(rows.size, xt_cols, grad_rows.T, m, coef, chunks)
+    grad_rows[samples[kept], t[kept]] -= a_nll[kept].astype(rows.dtype)
+
+
 def _kernel(pb: _Problem, rows, index, probs, part_a, part_z, grad_rows, scale, scale_z):
     write = grad_rows is not None
+    if _columns(pb, rows, index, grad_rows):
+        _column_index_rows(pb, rows, index, part_a, part_z, grad_rows, scale, scale_z)
+        return
     if (
         index is not None
         and unit_stride(rows, 1)
@@ -320,7 +370,7 @@ def _run(pb: _Problem, grad_rows: np.ndarray | None, scale, scale_z):
     part_a = np.empty(n)
     part_z = np.empty(n)
     contiguous = unit_stride(pb.rows, 1) and (grad_rows is None or unit_stride(grad_rows, 1))
-    if contiguous or n == 1:
+    if contiguous or n == 1 or _columns(pb, pb.rows, pb.index, grad_rows):
         _kernel(pb, pb.rows, pb.index, pb.probs, part_a, part_z, grad_rows, scale, scale_z)
         return part_a, part_z
     # A strided class axis (e.g. axis=0): gather blocks of samples into a bounded

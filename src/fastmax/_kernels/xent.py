@@ -30,7 +30,7 @@ from .._config import EXACT_MATH, FASTMATH, JIT
 from ._math import exp_nonpos, fmaximum, like
 from .reduce import ACC_RUN, _sumexp_run, lse_of_stats, row_max
 from .schedule import chunk_of, driver
-from .softmax import _exp_store_run, next_row, same_buffer
+from .softmax import _exp_store_run, next_row, same_buffer, write_row_per_column
 
 #: Chunks of the target check (fixed, so the summed weight does not depend
 #: on the number of threads).
@@ -292,6 +292,19 @@ def xent_grad_rows_split(x, w, out, m_rows, coef_rows, smooth_rows, chunk):
             xs = x[r, lo:hi]
             for i in range(o.size):
                 o[i] = exp_nonpos(xs[i] - m) * coef - smooth * ws[i]
+
+
+@driver
+def xent_grad_cols(x, out, m, coef, n_chunks):
+    """The gradient when the class axis is the first of ``x`` (C, N) and the
+    samples are the contiguous axis: ``out = exp(x - m[j]) * coef[j]``, rows of
+    classes split in chunks over the threads; the caller then subtracts the
+    targets' terms."""
+    n = x.shape[0]
+    one = like(1.0, m[0])
+    for c in prange(n_chunks):
+        for i in range((c * n) // n_chunks, ((c + 1) * n) // n_chunks):
+            write_row_per_column(x[i], out[i], one, m, coef, False)
 
 
 @driver
