@@ -29,37 +29,34 @@ from numba.extending import intrinsic, overload
 
 from .._config import EXACT_MATH
 
+#: Each type of the bit casts, and the type and LLVM type of its result.
+_BIT_CASTS = {
+    types.int64: (types.float64, ir.DoubleType()),
+    types.int32: (types.float32, ir.FloatType()),
+    types.float64: (types.int64, ir.IntType(64)),
+    types.float32: (types.int32, ir.IntType(32)),
+}
 
-@intrinsic
-def bits_to_float(typingctx, bits):
-    """Reinterpret an int64 (int32) as the float64 (float32) with those bits."""
-    if bits == types.int64:
-        sig, llty = types.float64(bits), ir.DoubleType()
-    elif bits == types.int32:
-        sig, llty = types.float32(bits), ir.FloatType()
-    else:
-        return None
+
+def _bit_cast(value):
+    result, llty = _BIT_CASTS[value]
 
     def codegen(context, builder, signature, args):
         return builder.bitcast(args[0], llty)
 
-    return sig, codegen
+    return result(value), codegen
+
+
+@intrinsic
+def bits_to_float(typingctx, bits):
+    """Reinterpret an int64 (int32) as the float64 (float32) with those bits."""
+    return _bit_cast(bits) if bits in (types.int64, types.int32) else None
 
 
 @intrinsic
 def float_to_bits(typingctx, x):
     """Reinterpret a float64 (float32) as the int64 (int32) with the same bits."""
-    if x == types.float64:
-        sig, llty = types.int64(x), ir.IntType(64)
-    elif x == types.float32:
-        sig, llty = types.int32(x), ir.IntType(32)
-    else:
-        return None
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], llty)
-
-    return sig, codegen
+    return _bit_cast(x) if x in (types.float64, types.float32) else None
 
 
 @intrinsic
@@ -133,6 +130,17 @@ _P64 = (
 )
 
 
+@njit(fastmath=EXACT_MATH, inline="always", cache=True)
+def _poly64(r):
+    """e^r on [-ln2/2, ln2/2]: degree 10, Estrin (a chain of 4 FMAs)."""
+    r2 = r * r
+    r4 = r2 * r2
+    q0 = (_P64[0] + _P64[1] * r) + (_P64[2] + _P64[3] * r) * r2
+    q1 = (_P64[4] + _P64[5] * r) + (_P64[6] + _P64[7] * r) * r2
+    q2 = (_P64[8] + _P64[9] * r) + _P64[10] * r2
+    return (q0 + q1 * r4) + q2 * (r4 * r4)
+
+
 @njit(fastmath=EXACT_MATH, cache=True)
 def _exp64(x):
     # Comparisons are written so that NaN falls through unchanged.
@@ -144,12 +152,7 @@ def _exp64(x):
     # e^r by a degree-10 polynomial interpolating e^r at the Chebyshev nodes of
     # [-ln2/2, ln2/2] (max relative error 3.3e-16), evaluated by Estrin's
     # scheme: a dependency chain of 4 FMAs, and 3 fewer than Taylor would need.
-    r2 = r * r
-    r4 = r2 * r2
-    q0 = (_P64[0] + _P64[1] * r) + (_P64[2] + _P64[3] * r) * r2
-    q1 = (_P64[4] + _P64[5] * r) + (_P64[6] + _P64[7] * r) * r2
-    q2 = (_P64[8] + _P64[9] * r) + _P64[10] * r2
-    p = (q0 + q1 * r4) + q2 * (r4 * r4)
+    p = _poly64(r)
     # 2^n as two normal powers of two; NaN's n is replaced by 0 (p is NaN anyway).
     ni = np.int64(n if n == n else 0.0)
     n1 = ni >> 1
@@ -178,6 +181,15 @@ _P32 = tuple(
 )
 
 
+@njit(fastmath=EXACT_MATH, inline="always", cache=True)
+def _poly32(r):
+    """e^r on [-ln2/2, ln2/2]: degree 5, Estrin."""
+    r2 = r * r
+    return (
+        (_P32[0] + _P32[1] * r) + (_P32[2] + _P32[3] * r) * r2 + (_P32[4] + _P32[5] * r) * (r2 * r2)
+    )
+
+
 @njit(fastmath=EXACT_MATH, cache=True)
 def _exp32(x):
     xc = _EXP32_LO if x < _EXP32_LO else x
@@ -186,8 +198,7 @@ def _exp32(x):
     r = xc - n * _LN2_HI_F
     r = r - n * _LN2_LO_F
     # e^r by a degree-5 Chebyshev-node interpolant (max relative error 1.6e-7), Estrin.
-    r2 = r * r
-    p = (_P32[0] + _P32[1] * r) + (_P32[2] + _P32[3] * r) * r2 + (_P32[4] + _P32[5] * r) * (r2 * r2)
+    p = _poly32(r)
     ni = np.int32(n if n == n else _F32(0.0))
     n1 = ni >> np.int32(1)
     n2 = ni - n1
@@ -212,32 +223,29 @@ _SHIFT32_BITS = 0x4B400000
 _BIAS32 = 24
 
 
+@njit(fastmath=EXACT_MATH, inline="always", cache=True)
+def _reduce_nonpos(x, lo, log2e, shift, ln2_hi, ln2_lo):
+    """``x = n ln2 + r``: ``t`` (``n`` in its low bits) and ``r``, for ``x`` at
+    least ``lo`` (below it, clamped); ``n * ln2_hi`` is exact."""
+    xc = lo if x < lo else x
+    t = xc * log2e + shift
+    n = t - shift
+    r = xc - n * ln2_hi
+    return t, r - n * ln2_lo
+
+
 @njit(fastmath=EXACT_MATH, cache=True)
 def _exp_nonpos64(x):
-    xc = _EXP64_LO if x < _EXP64_LO else x
-    t = xc * _LOG2E + _SHIFT64
-    n = t - _SHIFT64
-    r = xc - n * _LN2_HI
-    r = r - n * _LN2_LO
-    r2 = r * r
-    r4 = r2 * r2
-    q0 = (_P64[0] + _P64[1] * r) + (_P64[2] + _P64[3] * r) * r2
-    q1 = (_P64[4] + _P64[5] * r) + (_P64[6] + _P64[7] * r) * r2
-    q2 = (_P64[8] + _P64[9] * r) + _P64[10] * r2
-    p = (q0 + q1 * r4) + q2 * (r4 * r4)
+    t, r = _reduce_nonpos(x, _EXP64_LO, _LOG2E, _SHIFT64, _LN2_HI, _LN2_LO)
+    p = _poly64(r)
     k = (float_to_bits(t) - np.int64(_SHIFT64_BITS - _BIAS64)) << np.int64(52)
     return bits_to_float(float_to_bits(p) + k) * 2.0**-_BIAS64
 
 
 @njit(fastmath=EXACT_MATH, cache=True)
 def _exp_nonpos32(x):
-    xc = _EXP32_LO if x < _EXP32_LO else x
-    t = xc * _LOG2E_F + _SHIFT32
-    n = t - _SHIFT32
-    r = xc - n * _LN2_HI_F
-    r = r - n * _LN2_LO_F
-    r2 = r * r
-    p = (_P32[0] + _P32[1] * r) + (_P32[2] + _P32[3] * r) * r2 + (_P32[4] + _P32[5] * r) * (r2 * r2)
+    t, r = _reduce_nonpos(x, _EXP32_LO, _LOG2E_F, _SHIFT32, _LN2_HI_F, _LN2_LO_F)
+    p = _poly32(r)
     k = np.int32((float_to_bits(t) - np.int32(_SHIFT32_BITS - _BIAS32)) << np.int32(23))
     return bits_to_float(np.int32(float_to_bits(p) + k)) * _F32(2.0**-_BIAS32)
 

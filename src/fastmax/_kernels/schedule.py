@@ -119,6 +119,12 @@ def driver(fn: Callable | None = None, *, allocates: bool = False):
 
 
 @njit(fastmath=FASTMATH, **JIT)
+def block_bounds(b, n, n_blocks):
+    """Items ``lo:hi`` of block ``b`` when ``n`` items go in ``n_blocks`` blocks."""
+    return b * n // n_blocks, (b + 1) * n // n_blocks
+
+
+@njit(fastmath=FASTMATH, **JIT)
 def chunk_of(task, n_chunks, chunk, n_cols):
     """Task ``task`` of a split-row kernel: its row and column bounds ``lo:hi``."""
     r = task // n_chunks

@@ -25,7 +25,7 @@ from .._config import FASTMATH, JIT
 from ._math import VECTOR_BYTES, exp_nonpos, like, log_pos, segment_allreduce
 from .hardmax import row_argmax, write_one_hot
 from .reduce import NEAR_ZERO, logsumexp_of_row, row_max_sumexp
-from .schedule import driver
+from .schedule import block_bounds, driver
 from .softmax import same_buffer, softmax_rows_cached_block
 from .xent import xent_index_rows
 
@@ -40,6 +40,13 @@ def fits(n_cols: int, itemsize: int) -> bool:
     """Whether rows of ``n_cols`` elements go to these kernels."""
     lanes = VECTOR_BYTES // itemsize
     return 2 <= n_cols <= lanes and n_cols & (n_cols - 1) == 0
+
+
+@njit(fastmath=FASTMATH, **JIT)
+def geometry(n_rows, n_cols):
+    """Rows per block and the number of full blocks."""
+    rows_per_block = BLOCK_ELEMENTS // n_cols
+    return rows_per_block, n_rows // rows_per_block
 
 
 def fits_rows(src, dst=None) -> bool:
@@ -88,15 +95,15 @@ def _softmax_write(xb, ob, scale, m, u, log):
 def softmax_short_rows(x, out, scale, log, n_tasks):
     """softmax / log_softmax of the rows of ``x`` (C-contiguous, ``fits``)."""
     n_rows, n_cols = x.shape
-    rows_per_block = BLOCK_ELEMENTS // n_cols
-    n_blocks = n_rows // rows_per_block
+    rows_per_block, n_blocks = geometry(n_rows, n_cols)
     in_place = same_buffer(x, out)
     xf = x.reshape(-1)
     of = out.reshape(-1)
     for task in prange(n_tasks):
         m = np.empty(BLOCK_ELEMENTS, x.dtype)
         u = np.empty(BLOCK_ELEMENTS, x.dtype)
-        for b in range(task * n_blocks // n_tasks, (task + 1) * n_blocks // n_tasks):
+        b0, b1 = block_bounds(task, n_blocks, n_tasks)
+        for b in range(b0, b1):
             k0 = b * BLOCK_ELEMENTS
             ob = of[k0 : k0 + BLOCK_ELEMENTS]
             if in_place:  # one array for both: equal pointers would not vectorize
@@ -143,14 +150,14 @@ def _block_logsumexp(x, b, scale, m, u, row_m, row_u, out):
 def logsumexp_short_rows(x, scale, res, n_tasks):
     """``res[r] = logsumexp(x[r] * scale)`` for rows that ``fits``."""
     n_rows, n_cols = x.shape
-    rows_per_block = BLOCK_ELEMENTS // n_cols
-    n_blocks = n_rows // rows_per_block
+    rows_per_block, n_blocks = geometry(n_rows, n_cols)
     for task in prange(n_tasks):
         m = np.empty(BLOCK_ELEMENTS, x.dtype)
         u = np.empty(BLOCK_ELEMENTS, x.dtype)
         row_m = np.empty(rows_per_block, np.float64)
         row_u = np.empty(rows_per_block, np.float64)
-        for b in range(task * n_blocks // n_tasks, (task + 1) * n_blocks // n_tasks):
+        b0, b1 = block_bounds(task, n_blocks, n_tasks)
+        for b in range(b0, b1):
             r0 = b * rows_per_block
             _block_logsumexp(x, b, scale, m, u, row_m, row_u, res[r0 : r0 + rows_per_block])
     for r in range(n_blocks * rows_per_block, n_rows):
@@ -177,8 +184,7 @@ def xent_index_short_rows(x, target, w, ignore_index, part_a, part_z, n_tasks):
     ``xent.py`` for the parts), for rows that ``fits``: each block's
     logsumexp, then its parts while the block is in cache."""
     n_rows, n_cols = x.shape
-    rows_per_block = BLOCK_ELEMENTS // n_cols
-    n_blocks = n_rows // rows_per_block
+    rows_per_block, n_blocks = geometry(n_rows, n_cols)
     one = like(1.0, x[0, 0])
     for task in prange(n_tasks):
         m = np.empty(BLOCK_ELEMENTS, x.dtype)
@@ -186,7 +192,8 @@ def xent_index_short_rows(x, target, w, ignore_index, part_a, part_z, n_tasks):
         row_m = np.empty(rows_per_block, np.float64)
         row_u = np.empty(rows_per_block, np.float64)
         lse = np.empty(rows_per_block, np.float64)
-        for b in range(task * n_blocks // n_tasks, (task + 1) * n_blocks // n_tasks):
+        b0, b1 = block_bounds(task, n_blocks, n_tasks)
+        for b in range(b0, b1):
             _block_logsumexp(x, b, one, m, u, row_m, row_u, lse)
             _index_parts(x, target, w, ignore_index, lse, b * rows_per_block, part_a, part_z)
     r0 = n_blocks * rows_per_block
@@ -220,8 +227,7 @@ def _first_max_lanes(xb, m, c, n_cols):
 def hardmax_short_rows(x, out, n_tasks):
     """One-hot of ``np.argmax`` of each row, for rows that ``fits``."""
     n_rows, n_cols = x.shape
-    rows_per_block = BLOCK_ELEMENTS // n_cols
-    n_blocks = n_rows // rows_per_block
+    rows_per_block, n_blocks = geometry(n_rows, n_cols)
     in_place = same_buffer(x, out)
     xf = x.reshape(-1)
     of = out.reshape(-1)
@@ -230,7 +236,8 @@ def hardmax_short_rows(x, out, n_tasks):
     for task in prange(n_tasks):
         m = np.empty(BLOCK_ELEMENTS, x.dtype)
         c = np.empty(BLOCK_ELEMENTS, x.dtype)
-        for b in range(task * n_blocks // n_tasks, (task + 1) * n_blocks // n_tasks):
+        b0, b1 = block_bounds(task, n_blocks, n_tasks)
+        for b in range(b0, b1):
             k0 = b * BLOCK_ELEMENTS
             ob = of[k0 : k0 + BLOCK_ELEMENTS]
             if in_place:  # everything is read before the first write
@@ -257,8 +264,7 @@ def xent_index_grad_short_rows(
     then one vector pass ``exp(x - max) * factor`` and, per row, ``- w[t] * s``
     at the target."""
     n_rows, n_cols = x.shape
-    rows_per_block = BLOCK_ELEMENTS // n_cols
-    n_blocks = n_rows // rows_per_block
+    rows_per_block, n_blocks = geometry(n_rows, n_cols)
     lanes = VECTOR_BYTES // x.itemsize
     in_place = same_buffer(x, out)
     xf = x.reshape(-1)
@@ -268,7 +274,8 @@ def xent_index_grad_short_rows(
         m = np.empty(BLOCK_ELEMENTS, x.dtype)
         u = np.empty(BLOCK_ELEMENTS, x.dtype)
         a_nll = np.empty(rows_per_block, np.float64)
-        for b in range(task * n_blocks // n_tasks, (task + 1) * n_blocks // n_tasks):
+        b0, b1 = block_bounds(task, n_blocks, n_tasks)
+        for b in range(b0, b1):
             k0 = b * BLOCK_ELEMENTS
             r0 = b * rows_per_block
             xb = xf[k0 : k0 + BLOCK_ELEMENTS]

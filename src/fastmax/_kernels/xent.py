@@ -29,7 +29,7 @@ from numba import njit, prange
 from .._config import EXACT_MATH, FASTMATH, JIT
 from ._math import exp_nonpos, fmaximum, like
 from .reduce import ACC_RUN, _sumexp_run, lse_of_stats, row_max
-from .schedule import chunk_of, driver
+from .schedule import block_bounds, chunk_of, driver
 from .softmax import _exp_store_run, next_row, same_buffer, write_row_per_column
 
 #: Chunks of the target check (fixed, so the summed weight does not depend
@@ -204,8 +204,7 @@ def xent_index_rows(
     for k in range(n_classes):
         total_w += np.float64(w[k])
     for blk in prange(n_blocks):
-        r0 = blk * n_rows // n_blocks
-        r1 = (blk + 1) * n_rows // n_blocks
+        r0, r1 = block_bounds(blk, n_rows, n_blocks)
         m_next = row_max(x[r0]) if r1 > r0 else x[0, 0]
         for r in range(r0, r1):
             m = m_next
@@ -251,8 +250,7 @@ def xent_prob_rows(
     keep = like(1.0 - smoothing, x[0, 0])
     spread = like(smoothing / n_classes, x[0, 0])
     for blk in prange(n_blocks):
-        r0 = blk * n_rows // n_blocks
-        r1 = (blk + 1) * n_rows // n_blocks
+        r0, r1 = block_bounds(blk, n_rows, n_blocks)
         m_next = row_max(x[r0]) if r1 > r0 else x[0, 0]
         for r in range(r0, r1):
             m = m_next
