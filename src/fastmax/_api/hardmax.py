@@ -16,7 +16,7 @@ from .._kernels.schedule import (
     split_rows,
 )
 from .._layout import unit_stride
-from ._elementwise import elementwise_job, fast_path
+from ._elementwise import elementwise_job, fast_out, fast_path
 
 
 def _hardmax_rows(src: np.ndarray, dst: np.ndarray) -> None:
@@ -55,9 +55,9 @@ def hardmax(
     out : ndarray, optional
         Array of ``x``'s shape and the result dtype; may be ``x`` itself.
     """
-    if out is None and fast_path(x, axis):
+    if fast_path(x, axis) and fast_out(x, out):
         n_cols = x.shape[-1]
-        result = np.empty_like(x)
+        result = np.empty_like(x) if out is None else out
         _hardmax_rows(x.reshape(-1, n_cols), result.reshape(-1, n_cols))
         return result
     job = elementwise_job(x, axis, out, "hardmax")

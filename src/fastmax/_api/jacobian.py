@@ -17,7 +17,7 @@ from .._validate import (
     float_dtypes,
     reduction_axes,
 )
-from ._elementwise import fast_path
+from ._elementwise import fast_out, fast_path
 
 
 def _run(y: np.ndarray, v: np.ndarray, out: np.ndarray, mode: int) -> None:
@@ -61,16 +61,17 @@ def _apply(y: np.ndarray, v: np.ndarray, out: np.ndarray, axes: tuple[int, ...],
 
 def _jacobian_product(primal, tangent, axis, out, mode: int, func: str, pname: str, tname: str):
     if (
-        out is None
-        and fast_path(primal, axis)
+        fast_path(primal, axis)
         and type(tangent) is np.ndarray
         and tangent.shape == primal.shape
         and tangent.dtype == primal.dtype
         and tangent.flags.c_contiguous
+        and fast_out(primal, out)
+        and (out is None or out is tangent or not np.may_share_memory(out, tangent))
     ):
         # The common call: same shape and dtype, C-contiguous, over the last axis.
         n_cols = primal.shape[-1]
-        result = np.empty_like(primal)
+        result = np.empty_like(primal) if out is None else out
         _run(
             primal.reshape(-1, n_cols),
             tangent.reshape(-1, n_cols),
