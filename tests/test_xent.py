@@ -187,14 +187,15 @@ def test_many_short_rows(dtype, n_cols, rng):
     np.testing.assert_allclose(y, grad1, rtol=tol["rtol"], atol=tol["atol"])
 
 
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_few_long_rows_split_across_threads(dtype, rng):
+def test_few_long_rows_split_across_threads(dtype, smoothing, rng):
     """Rows split over the threads (2 threads) against the row kernel (1 thread)."""
     x, t = _problem(rng, (3, 2 * schedule.SPLIT_CHUNK + 17), -1, dtype, "index")
     t[1] = -100
     w = (rng.random(x.shape[1]) + 0.5).astype(dtype)
     g = rng.standard_normal(3)
-    kw = dict(weight=w, reduction="none", label_smoothing=0.1, z_loss=1e-3)
+    kw = dict(weight=w, reduction="none", label_smoothing=smoothing, z_loss=1e-3)
     tol = dict(rtol=1e-5, atol=1e-7) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-15)
     before = numba.get_num_threads()
     try:

@@ -30,7 +30,7 @@ from .._config import EXACT_MATH, FASTMATH, JIT
 from ._math import exp_nonpos, fmaximum, like
 from .reduce import ACC_RUN, _sumexp_run, lse_of_stats, row_max
 from .schedule import block_bounds, chunk_of, driver
-from .softmax import _exp_store_run, next_row, same_buffer, write_row_per_column
+from .softmax import _exp_store_run, next_row, same_buffer, write_row, write_row_per_column
 
 #: Chunks of the target check (fixed, so the summed weight does not depend
 #: on the number of threads).
@@ -283,7 +283,9 @@ def xent_grad_rows_split(x, w, out, m_rows, coef_rows, smooth_rows, chunk):
         smooth = like(smooth_rows[r], m)
         o = out[r, lo:hi]
         ws = w[lo:hi]
-        if same_buffer(x, out):  # one array: equal pointers would not vectorize
+        if smooth == 0:  # softmax's write pass: no weights to read
+            write_row(x[r, lo:hi], o, like(1.0, m), m, coef, False)
+        elif same_buffer(x, out):  # one array: equal pointers would not vectorize
             for i in range(o.size):
                 o[i] = exp_nonpos(o[i] - m) * coef - smooth * ws[i]
         else:
