@@ -208,40 +208,61 @@ def _prepare(
 _GATHER_BYTES = 1 << 23
 
 
-def _split_index_rows(pb: _Problem, rows, index, part_a, part_z, grad_rows, scale, scale_z):
-    """Index targets on few long rows: each row split over all threads (row
-    statistics merged exactly, as softmax does), then a split gradient pass."""
+def _index_terms(pb: _Problem, rows, index, m, total, xw, part_a, part_z, scale, scale_z):
+    """The forward parts of index targets from each row's max ``m`` and
+    ``total = sum(exp(x - m))`` (``xw = x @ w`` per row when smoothing), and,
+    with ``scale``, the gradient's terms per row: ``(kept, t, a_nll, a_smooth,
+    coef)`` for ``d/dx = exp(x - m) * coef - a_smooth * w - a_nll at t``.
+    The formulas of ``xent.xent_index_rows``, vectorized over few rows."""
     n_rows, n_classes = rows.shape
-    one = rows.dtype.type(1.0)
-    m, total = KS.row_stats_split(rows.size, rows, one, SPLIT_CHUNK)
     eps = pb.smoothing
     w = pb.weight
     total_w = float(n_classes) if w.strides == (0,) else float(np.sum(w, dtype=np.float64))
     kept = index != pb.ignore_index
     t = np.where(kept, index, 0)
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        lse = np.where(np.isfinite(m), m.astype(np.float64) + np.log(total), m.astype(np.float64))
-        xt = rows[np.arange(n_rows), t].astype(np.float64)
+        m64 = m.astype(np.float64)
+        lse = np.where(np.isfinite(m), m64 + np.log(total), m64)  # as reduce.lse_of_stats
         wt = w[t].astype(np.float64)
-        a = (1.0 - eps) * wt * (lse - xt)
+        a = (1.0 - eps) * wt * (lse - rows[np.arange(n_rows), t].astype(np.float64))
         if eps > 0.0:
-            w64 = w.astype(np.float64)
-            xw = np.zeros(n_rows)
-            for lo in range(0, n_classes, SPLIT_CHUNK):  # float64 in bounded pieces
-                hi = lo + SPLIT_CHUNK
-                xw += rows[:, lo:hi].astype(np.float64) @ w64[lo:hi]
             a = a + eps / n_classes * (total_w * lse - xw)
         part_a[:] = np.where(kept, a, 0.0)
         part_z[:] = np.where(kept, lse * lse, 0.0)
-        if grad_rows is None:
-            return
+        if scale is None:
+            return None
         a_nll = np.where(kept, (1.0 - eps) * wt * scale, 0.0)
         a_smooth = np.where(kept, eps / n_classes * scale, 0.0)
         z_term = 2.0 * pb.z_loss * lse * scale_z if pb.z_loss else 0.0
         coef = np.where(kept, (a_nll + a_smooth * total_w + z_term) / total, 0.0)
-    K.xent_grad_rows_split(rows.size, rows, w, grad_rows, m, coef, a_smooth, SPLIT_CHUNK)
-    for r in np.flatnonzero(kept):
-        grad_rows[r, t[r]] -= a_nll[r]
+    return kept, t, a_nll, a_smooth, coef
+
+
+def _subtract_at_targets(grad_rows, kept, t, a_nll) -> None:
+    """``grad[r, t[r]] -= a_nll[r]`` for the kept rows, in the gradient's dtype
+    (as the row kernels do)."""
+    grad_rows[np.flatnonzero(kept), t[kept]] -= a_nll[kept].astype(grad_rows.dtype)
+
+
+def _split_index_rows(pb: _Problem, rows, index, part_a, part_z, grad_rows, scale, scale_z):
+    """Index targets on few long rows: each row split over all threads (row
+    statistics merged exactly, as softmax does), then a split gradient pass."""
+    n_rows, n_classes = rows.shape
+    one = rows.dtype.type(1.0)
+    m, total = KS.row_stats_split(rows.size, rows, one, SPLIT_CHUNK)
+    xw = None
+    if pb.smoothing > 0.0:
+        w64 = pb.weight.astype(np.float64)
+        xw = np.zeros(n_rows)
+        for lo in range(0, n_classes, SPLIT_CHUNK):  # float64 in bounded pieces
+            hi = lo + SPLIT_CHUNK
+            xw += rows[:, lo:hi].astype(np.float64) @ w64[lo:hi]
+    terms = _index_terms(pb, rows, index, m, total, xw, part_a, part_z, scale, scale_z)
+    if grad_rows is None:
+        return
+    kept, t, a_nll, a_smooth, coef = terms
+    K.xent_grad_rows_split(rows.size, rows, pb.weight, grad_rows, m, coef, a_smooth, SPLIT_CHUNK)
+    _subtract_at_targets(grad_rows, kept, t, a_nll)
 
 
 def _columns(pb: _Problem, rows, index, grad_rows) -> bool:
@@ -259,29 +280,21 @@ def _columns(pb: _Problem, rows, index, grad_rows) -> bool:
 def _column_index_rows(pb: _Problem, rows, index, part_a, part_z, grad_rows, scale, scale_z):
     """Index targets, no smoothing, with the class axis strided and the samples
     contiguous (``axis=0``): per-sample statistics by the column kernel of
-    softmax (SIMD across samples, sequential reads), then a column write pass."""
+    softmax (SIMD across samples, sequential reads), then a column write pass
+    over the same chunks of classes."""
     n, n_classes = rows.shape
     one = rows.dtype.type(1.0)
     xt_cols = rows.T  # (C, N), rows contiguous
-    chunks = column_chunks(n)
+    chunks = column_chunks(n_classes)
     m, total = KS.column_stats_chunked(
-        rows.size, xt_cols, one, column_chunks(n_classes), column_block_rows(n, rows.itemsize)
+        rows.size, xt_cols, one, chunks, column_block_rows(n, rows.itemsize)
     )
-    kept = index != pb.ignore_index
-    t = np.where(kept, index, 0)
-    samples = np.arange(n)
-    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        lse = np.where(np.isfinite(m), m.astype(np.float64) + np.log(total), m.astype(np.float64))
-        wt = pb.weight[t].astype(np.float64)
-        part_a[:] = np.where(kept, wt * (lse - rows[samples, t].astype(np.float64)), 0.0)
-        part_z[:] = np.where(kept, lse * lse, 0.0)
-        if grad_rows is None:
-            return
-        a_nll = np.where(kept, wt * scale, 0.0)
-        z_term = 2.0 * pb.z_loss * lse * scale_z if pb.z_loss else 0.0
-        coef = np.where(kept, (a_nll + z_term) / total, 0.0).astype(rows.dtype)
-    K.xent_grad_cols(rows.size, xt_cols, grad_rows.T, m, coef, chunks)
-    grad_rows[samples[kept], t[kept]] -= a_nll[kept].astype(rows.dtype)
+    terms = _index_terms(pb, rows, index, m, total, None, part_a, part_z, scale, scale_z)
+    if grad_rows is None:
+        return
+    kept, t, a_nll, _, coef = terms
+    K.xent_grad_cols(rows.size, xt_cols, grad_rows.T, m, coef.astype(rows.dtype), chunks)
+    _subtract_at_targets(grad_rows, kept, t, a_nll)
 
 
 def _kernel(pb: _Problem, rows, index, probs, part_a, part_z, grad_rows, scale, scale_z):
