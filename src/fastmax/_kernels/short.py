@@ -127,7 +127,7 @@ def _block_logsumexp(x, b, scale, m, u, row_m, row_u, out):
     """``out[i] = logsumexp(x[r0 + i] * scale)`` for the rows of block ``b``
     (``r0`` its first row); ``m``, ``u``, ``row_m``, ``row_u`` are scratch."""
     n_cols = x.shape[1]
-    rows_per_block = BLOCK_ELEMENTS // n_cols
+    rows_per_block, _ = geometry(x.shape[0], n_cols)
     r0 = b * rows_per_block
     k0 = b * BLOCK_ELEMENTS
     if not _block_stats(x.reshape(-1)[k0 : k0 + BLOCK_ELEMENTS], scale, m, u, n_cols):

@@ -60,15 +60,6 @@ def same_buffer(x, out):
     return data_address(x) == data_address(out)
 
 
-@njit(fastmath=FASTMATH, **JIT)
-def next_row(r, r0, r1):
-    """The row whose max a pipelined pass over row ``r`` of ``r0:r1`` also
-    reads: the next one, or for the last an earlier one, so that the row read
-    is never the row being written in place (equal pointers would make that
-    row's loop scalar, and its sum round differently)."""
-    return r + 1 if r + 1 < r1 else r0
-
-
 @njit(fastmath=EXACT_MATH, inline="always", **JIT)
 def _write_loop(x, out, scale, shift, factor, log):
     if log:
@@ -128,7 +119,9 @@ def _exp_store_sum_next_max(x, out, nxt, scale, m, in_place):
     total = 0.0
     m_next = nxt[0]
     n = x.size
-    alone = same_buffer(x, nxt)  # a block of one row: its "next" max is not needed
+    # The last row of a block passes itself as ``nxt``: its "next" max is not
+    # needed, and in place one slice must serve all three arrays.
+    alone = same_buffer(x, nxt)
     for i0 in range(0, n, ACC_RUN):
         i1 = min(i0 + ACC_RUN, n)
         os = out[i0:i1]
@@ -149,7 +142,7 @@ def softmax_rows_cached_block(x, out, scale, log, r0, r1):
     in_place = same_buffer(x, out)
     m_next = row_max(x[r0])
     for r in range(r0, r1):
-        nxt = x[next_row(r, r0, r1)]
+        nxt = x[min(r + 1, r1 - 1)]
         m = m_next * scale
         if log:
             total, m_next = sumexp_next_max(x[r], nxt, scale, m)
@@ -184,8 +177,7 @@ def softmax_rows_small(x, out, scale, log):
         if log:
             total[r], _ = sumexp_next_max(x[r], x[r], scale, m)
         else:
-            nxt = x[next_row(r, 0, n)]
-            total[r], _ = _exp_store_sum_next_max(x[r], out[r], nxt, scale, m, in_place)
+            total[r], _ = _exp_store_sum_next_max(x[r], out[r], x[r], scale, m, in_place)
     for r in range(n):
         m = shift[r]
         s, factor = finish(m, total[r], log)

@@ -30,7 +30,7 @@ from .._config import EXACT_MATH, FASTMATH, JIT
 from ._math import exp_nonpos, fmaximum, like
 from .reduce import ACC_RUN, _sumexp_run, lse_of_stats, row_max
 from .schedule import block_bounds, chunk_of, driver
-from .softmax import _exp_store_run, next_row, same_buffer, write_row, write_row_per_column
+from .softmax import _exp_store_run, same_buffer, write_row, write_row_per_column
 
 #: Chunks of the target check (fixed, so the summed weight does not depend
 #: on the number of threads).
@@ -106,8 +106,8 @@ def _exp_pass(x, nxt, w, q, out, m, smoothing, store, use_q, in_place, alone):
     ``sum(w * x)`` when smoothing.  With ``store``, ``out = exp(x - m)``:
     the gradient pass then only rescales (one exp per element).  A row whose
     max ``m`` is not finite gets a NaN sum (its loss is decided by ``m``).
-    ``alone``: ``nxt`` is the row itself (a block of one row), whose max is
-    not needed.  Rows go in runs of :data:`ACC_RUN` elements."""
+    ``alone``: ``nxt`` is the row itself (the last row of a block), whose
+    max is not needed.  Rows go in runs of :data:`ACC_RUN` elements."""
     n = x.size
     keep = 1.0 - smoothing
     spread = smoothing / n
@@ -210,7 +210,7 @@ def xent_index_rows(
             m = m_next
             t = target[r]
             xr = x[r]
-            nxt = x[next_row(r, r0, r1)]
+            nxt = x[min(r + 1, r1 - 1)]
             if t == ignore_index:
                 m_next = row_max(nxt)
                 part_a[r] = 0.0
@@ -257,7 +257,7 @@ def xent_prob_rows(
             xr = x[r]
             orow = out[r] if write_grad else out[0]
             total, a, b, m_next = row_pass(
-                xr, x[next_row(r, r0, r1)], w, q[r], orow, m, smoothing, write_grad, True
+                xr, x[min(r + 1, r1 - 1)], w, q[r], orow, m, smoothing, write_grad, True
             )
             lse = lse_of_stats(m, total)
             part_a[r] = a * lse - b
