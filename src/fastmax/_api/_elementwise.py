@@ -35,9 +35,9 @@ def fast_path(x: Any, axis: Any) -> bool:
     )
 
 
-def fast_out(x: np.ndarray, out: Any) -> bool:
+def fast_out(out: Any, x: np.ndarray, *others: np.ndarray) -> bool:
     """``out`` for the common call: None, or a C-contiguous array of ``x``'s
-    shape and dtype that is ``x`` itself or shares no memory with it."""
+    shape and dtype that is each input itself or shares no memory with it."""
     if out is None:
         return True
     return (
@@ -46,7 +46,7 @@ def fast_out(x: np.ndarray, out: Any) -> bool:
         and out.shape == x.shape
         and out.flags.c_contiguous
         and out.flags.writeable
-        and (out is x or not np.may_share_memory(out, x))
+        and all(out is a or not np.may_share_memory(out, a) for a in (x, *others))
     )
 
 

@@ -55,7 +55,7 @@ def hardmax(
     out : ndarray, optional
         Array of ``x``'s shape and the result dtype; may be ``x`` itself.
     """
-    if fast_path(x, axis) and fast_out(x, out):
+    if fast_path(x, axis) and fast_out(out, x):
         n_cols = x.shape[-1]
         result = np.empty_like(x) if out is None else out
         _hardmax_rows(x.reshape(-1, n_cols), result.reshape(-1, n_cols))

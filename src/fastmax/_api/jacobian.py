@@ -66,8 +66,7 @@ def _jacobian_product(primal, tangent, axis, out, mode: int, func: str, pname: s
         and tangent.shape == primal.shape
         and tangent.dtype == primal.dtype
         and tangent.flags.c_contiguous
-        and fast_out(primal, out)
-        and (out is None or out is tangent or not np.may_share_memory(out, tangent))
+        and fast_out(out, primal, tangent)
     ):
         # The common call: same shape and dtype, C-contiguous, over the last axis.
         n_cols = primal.shape[-1]

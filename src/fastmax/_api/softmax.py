@@ -76,7 +76,7 @@ def _softmax_family(x, axis, out, where, temperature, log: bool, func: str):
         and type(temperature) in (float, int)
         and temperature == 1
         and fast_path(x, axis)
-        and fast_out(x, out)
+        and fast_out(out, x)
     ):
         n_cols = x.shape[-1]
         result = np.empty_like(x) if out is None else out
