@@ -6,8 +6,7 @@ float32 row of millions of elements keeps float32 accuracy, and the sum of
 float32 terms does not depend on the order LLVM's vectorizer picks (which
 can differ between a kernel compiled in this process and the same kernel
 loaded from the on-disk cache: a float32 accumulator made results differ
-in the last bit between the two).  Rows are summed in runs of
-:data:`ACC_RUN` elements (slices: measured faster than one long loop).
+in the last bit between the two).
 
 ``scale`` multiplies every element before use (``1/temperature``); as it is
 positive, ``max(x) * scale == max(x * scale)`` exactly.  A row's statistics
@@ -27,8 +26,6 @@ from ._math import exp_nonpos, fmaximum, like
 
 #: Elements per block of the online max+sum: small enough to stay in L1.
 BLOCK = 2048
-#: Elements per run of the sums of exponentials.
-ACC_RUN = 1024
 #: logsumexp results smaller than this are recomputed in SciPy's more precise
 #: form (below it, ``m + log(total)`` loses relative accuracy to cancellation).
 NEAR_ZERO = 1e-2
@@ -44,28 +41,15 @@ def row_max(x):
 
 
 @njit(fastmath=FASTMATH, inline="always", **JIT)
-def _sumexp_run(x, nxt, scale, shift, m_next):
-    part = 0.0
-    for i in range(x.size):
-        part += np.float64(exp_nonpos(x[i] * scale - shift))
-        m_next = fmaximum(m_next, nxt[i])
-    return part, m_next
-
-
-@njit(fastmath=FASTMATH, inline="always", **JIT)
 def sumexp_next_max(x, nxt, scale, shift):
     """``sum(exp(x * scale - shift))`` in float64 and, in the same loop, the max
     of ``nxt`` (at least as long as ``x``): the next row or block streams in
     from memory while this one's exponentials are computed from cache."""
     total = 0.0
     m_next = nxt[0]
-    n = x.size
-    for i0 in range(0, n, ACC_RUN):
-        i1 = min(i0 + ACC_RUN, n)
-        # A run is a slice: a loop over a whole slice vectorizes, a loop over
-        # range(i0, i1) inside this one was measured 2x slower.
-        part, m_next = _sumexp_run(x[i0:i1], nxt[i0:i1], scale, shift, m_next)
-        total += np.float64(part)
+    for i in range(x.size):
+        total += np.float64(exp_nonpos(x[i] * scale - shift))
+        m_next = fmaximum(m_next, nxt[i])
     return total, m_next
 
 

@@ -28,9 +28,9 @@ from numba import njit, prange
 
 from .._config import EXACT_MATH, FASTMATH, JIT
 from ._math import exp_nonpos, fmaximum, like
-from .reduce import ACC_RUN, _sumexp_run, lse_of_stats, row_max
+from .reduce import lse_of_stats, row_max, sumexp_next_max
 from .schedule import block_bounds, chunk_of, driver
-from .softmax import _exp_store_run, same_buffer, write_row, write_row_per_column
+from .softmax import exp_store_sum_next_max, same_buffer, write_row, write_row_per_column
 
 #: Chunks of the target check (fixed, so the summed weight does not depend
 #: on the number of threads).
@@ -77,14 +77,18 @@ def check_targets(target, n_classes, ignore_index, weight):
 
 
 @njit(fastmath=FASTMATH, inline="always", **JIT)
-def _exp_run(x, nxt, w, q, out, m, m_next, keep, spread, smoothing, store, use_q):
-    part = 0.0
+def _exp_loop(x, nxt, w, q, out, m, smoothing, store, use_q):
+    n = x.size
+    keep = 1.0 - smoothing
+    spread = smoothing / n
+    total = 0.0
     a = 0.0
     b = 0.0
-    for k in range(x.size):
+    m_next = nxt[0]
+    for k in range(n):
         xk = x[k]
         e = exp_nonpos(xk - m)
-        part += np.float64(e)
+        total += np.float64(e)
         m_next = fmaximum(m_next, nxt[k])
         if use_q:
             wq = np.float64(w[k]) * (np.float64(q[k]) * keep + spread)
@@ -94,74 +98,36 @@ def _exp_run(x, nxt, w, q, out, m, m_next, keep, spread, smoothing, store, use_q
             b += np.float64(w[k]) * np.float64(xk)
         if store:
             out[k] = e
-    return np.float64(part), a, b, m_next
-
-
-@njit(fastmath=FASTMATH, inline="always", **JIT)
-def _exp_pass(x, nxt, w, q, out, m, smoothing, store, use_q, in_place, alone):
-    """One pass over a row: ``sum(exp(x - m))``, the max of the next row
-    ``nxt`` (streamed from memory while this row's exponentials are computed
-    from cache), and, for probability targets
-    (``use_q``), ``A = sum(w * q')`` and ``B = sum(w * q' * x)``, or else
-    ``sum(w * x)`` when smoothing.  With ``store``, ``out = exp(x - m)``:
-    the gradient pass then only rescales (one exp per element).  A row whose
-    max ``m`` is not finite gets a NaN sum (its loss is decided by ``m``).
-    ``alone``: ``nxt`` is the row itself (the last row of a block), whose
-    max is not needed.  Rows go in runs of :data:`ACC_RUN` elements."""
-    n = x.size
-    keep = 1.0 - smoothing
-    spread = smoothing / n
-    total = 0.0
-    a = 0.0
-    b = 0.0
-    m_next = nxt[0]
-    one = like(1.0, m)
-    plain = not use_q and smoothing == 0.0  # the exp loop alone
-    for k0 in range(0, n, ACC_RUN):
-        k1 = min(k0 + ACC_RUN, n)
-        xs = x[k0:k1]
-        ns = nxt[k0:k1]
-        ws = w[k0:k1]
-        qs = q[k0:k1]
-        os = out[k0:k1]
-        if plain and not store:  # the common forward: the loop of logsumexp
-            t, m_next = _sumexp_run(xs, ns, one, m, m_next)
-            total += np.float64(t)
-        elif plain and in_place and alone:
-            # One slice for all: equal pointers in two arrays would not vectorize.
-            t, m_next = _exp_store_run(os, os, os, one, m, m_next)
-            total += np.float64(t)
-        elif plain and in_place:
-            t, m_next = _exp_store_run(os, os, ns, one, m, m_next)
-            total += np.float64(t)
-        elif plain:
-            t, m_next = _exp_store_run(xs, os, ns, one, m, m_next)
-            total += np.float64(t)
-        else:
-            if in_place and alone:
-                t, da, db, m_next = _exp_run(
-                    os, os, ws, qs, os, m, m_next, keep, spread, smoothing, store, use_q
-                )
-            elif in_place:
-                t, da, db, m_next = _exp_run(
-                    os, ns, ws, qs, os, m, m_next, keep, spread, smoothing, store, use_q
-                )
-            else:
-                t, da, db, m_next = _exp_run(
-                    xs, ns, ws, qs, os, m, m_next, keep, spread, smoothing, store, use_q
-                )
-            total += t
-            a += da
-            b += db
-    return total if math.isfinite(m) else math.nan, a, b, m_next
+    return total, a, b, m_next
 
 
 @njit(fastmath=FASTMATH, **JIT)
 def row_pass(x, nxt, w, q, out, m, smoothing, store, use_q):
-    """:func:`_exp_pass`; ``out`` may be ``x`` (one pointer, so it vectorizes)."""
+    """One pass over a row: ``sum(exp(x - m))``, the max of the next row
+    ``nxt`` (streamed from memory while this row's exponentials are computed
+    from cache), and, for probability targets (``use_q``), ``A = sum(w * q')``
+    and ``B = sum(w * q' * x)``, or else ``sum(w * x)`` when smoothing.  With
+    ``store``, ``out = exp(x - m)`` (``out`` may be ``x``): the gradient pass
+    then only rescales (one exp per element).  A row whose max ``m`` is not
+    finite gets a NaN sum (its loss is decided by ``m``).  The plain exp
+    loops are softmax's; in place, one array serves as ``x`` and ``out`` (and
+    as ``nxt`` for the last row of a block, which passes itself), since equal
+    pointers in two arrays would not vectorize."""
+    one = like(1.0, m)
+    a = 0.0
+    b = 0.0
     in_place = store and same_buffer(x, out)
-    alone = same_buffer(x, nxt)
-    return _exp_pass(x, nxt, w, q, out, m, smoothing, store, use_q, in_place, alone)
+    if not use_q and smoothing == 0.0 and not store:  # the loop of logsumexp
+        total, m_next = sumexp_next_max(x, nxt, one, m)
+    elif not use_q and smoothing == 0.0:
+        total, m_next = exp_store_sum_next_max(x, out, nxt, one, m, in_place)
+    elif in_place and same_buffer(x, nxt):
+        total, a, b, m_next = _exp_loop(out, out, w, q, out, m, smoothing, store, use_q)
+    elif in_place:
+        total, a, b, m_next = _exp_loop(out, nxt, w, q, out, m, smoothing, store, use_q)
+    else:
+        total, a, b, m_next = _exp_loop(x, nxt, w, q, out, m, smoothing, store, use_q)
+    return total if math.isfinite(m) else math.nan, a, b, m_next
 
 
 @njit(fastmath=EXACT_MATH, **JIT)
