@@ -107,6 +107,21 @@ def _like_overload(value, other):
     return None
 
 
+def is_single(arr):  # pragma: no cover - replaced by the overload in jitted code
+    return arr.dtype == np.float32
+
+
+@overload(is_single, inline="always")
+def _is_single_overload(arr):
+    """Whether an array holds float32, as a compile-time constant (an array's
+    ``itemsize`` is a run-time field: a branch on it inside a loop keeps
+    the loop from vectorizing)."""
+    if isinstance(arr, types.Array):
+        single = arr.dtype == types.float32
+        return lambda arr: single
+    return None
+
+
 # --- float64 exp -----------------------------------------------------------
 _LOG2E = 1.4426950408889634
 _LN2_HI = 6.93147180369123816490e-01  # ln 2 with trailing zero bits: n*_LN2_HI is exact
@@ -317,24 +332,42 @@ def log_pos(x):
 VECTOR_BYTES = 64
 
 
+#: Operations of :func:`segment_allreduce`.
+SEGMENT_SUM = 0
+#: NaN-propagating max (``llvm.maximum``, as ``np.max``).
+SEGMENT_MAX = 1
+#: The machine's max (``a > b ? a : b``, one instruction on x86): for data
+#: without NaN, or whose NaNs the caller detects otherwise.
+SEGMENT_FAST_MAX = 2
+
+
 @intrinsic
-def segment_allreduce(typingctx, arr, start, seg, take_max):
-    """In place on ``arr[start : start + VECTOR_BYTES // itemsize]``: every
-    lane becomes the max (``take_max``, NaN-propagating) or the sum of the
-    aligned segment of ``seg`` lanes it belongs to.  ``seg`` is a power of two
-    up to the lane count; the caller guarantees the lanes are in bounds."""
-    if not isinstance(arr, types.Array) or arr.dtype not in (types.float32, types.float64):
+def segment_allreduce(typingctx, src, dst, start, seg, op):
+    """``dst[start : start + VECTOR_BYTES // itemsize]`` = the lanes of
+    ``src`` there, each replaced by the reduction (``op``, a literal
+    ``SEGMENT_*``) over the aligned segment of ``seg`` lanes it belongs to.
+    ``seg`` is a power of two up to the lane count; ``dst`` may be ``src``;
+    the caller guarantees the lanes are in bounds."""
+    if not isinstance(src, types.Array) or src.dtype not in (types.float32, types.float64):
+        return None
+    if not isinstance(dst, types.Array) or dst.dtype != src.dtype:
         return None
     if not isinstance(start, types.Integer) or not isinstance(seg, types.Integer):
         return None
-    width = VECTOR_BYTES // arr.dtype.bitwidth * 8
+    if not isinstance(op, types.IntegerLiteral):
+        return None
+    operation = op.literal_value
+    width = VECTOR_BYTES // src.dtype.bitwidth * 8
 
     def codegen(context, builder, signature, args):
-        arr_v, start_v, seg_v, max_v = args
-        ary = context.make_array(signature.args[0])(context, builder, arr_v)
+        src_v, dst_v, start_v, seg_v, _ = args
         vty = ir.VectorType(context.get_data_type(signature.args[0].dtype), width)
-        vptr = builder.bitcast(builder.gep(ary.data, [start_v]), vty.as_pointer())
-        vec = builder.load(vptr, align=1)
+
+        def vector_ptr(aryty, value):
+            ary = context.make_array(aryty)(context, builder, value)
+            return builder.bitcast(builder.gep(ary.data, [start_v]), vty.as_pointer())
+
+        vec = builder.load(vector_ptr(signature.args[0], src_v), align=1)
         suffix = f"v{width}f{signature.args[0].dtype.bitwidth}"
         maximum = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(vty, [vty, vty]), "llvm.maximum." + suffix
@@ -345,13 +378,152 @@ def segment_allreduce(typingctx, arr, start, seg, take_max):
             partner = builder.shuffle_vector(
                 vec, vec, ir.Constant(lane_t, [i ^ step for i in range(width)])
             )
-            both = builder.select(
-                max_v, builder.call(maximum, [vec, partner]), builder.fadd(vec, partner)
-            )
+            if operation == SEGMENT_SUM:
+                both = builder.fadd(vec, partner)
+            elif operation == SEGMENT_MAX:
+                both = builder.call(maximum, [vec, partner])
+            else:
+                both = builder.select(builder.fcmp_ordered(">", vec, partner), vec, partner)
             inside = builder.icmp_signed("<", ir.Constant(seg_v.type, step), seg_v)
             vec = builder.select(inside, both, vec)
             step *= 2
-        builder.store(vec, vptr, align=1)
+        builder.store(vec, vector_ptr(signature.args[1], dst_v), align=1)
         return context.get_dummy_value()
 
-    return types.none(arr, start, seg, take_max), codegen
+    return types.none(src, dst, start, seg, op), codegen
+
+
+@intrinsic
+def stack_array(typingctx, size, like_value):
+    """A 1-D array of ``size`` (a literal int) elements of ``like_value``'s
+    type on the stack of the function it is called in: scratch for loops,
+    without Numba's allocator.  Uninitialized; it must not outlive the call."""
+    if not isinstance(size, types.IntegerLiteral) or like_value not in (
+        types.float32,
+        types.float64,
+    ):
+        return None
+    count = size.literal_value
+    arrty = types.Array(like_value, 1, "C")
+
+    def codegen(context, builder, signature, args):
+        elt = context.get_data_type(like_value)
+        intp = context.get_value_type(types.intp)
+        itemsize = context.get_abi_sizeof(elt)
+        ary = context.make_array(arrty)(context, builder)
+        context.populate_array(
+            ary,
+            data=cgutils.alloca_once(builder, elt, size=count),
+            shape=[intp(count)],
+            strides=[intp(itemsize)],
+            itemsize=intp(itemsize),
+            meminfo=None,
+        )
+        return ary._getvalue()
+
+    return arrty(size, like_value), codegen
+
+
+#: Lanes of :func:`ordered_sum`'s accumulators (fixed: the order of the sum
+#: must not depend on the machine or on how LLVM compiled the caller).
+SUM_LANES = 16
+#: Independent accumulators of :func:`ordered_sum`'s main loop (hides the
+#: latency of the adds).
+SUM_ACCUMULATORS = 4
+
+
+@intrinsic
+def ordered_sum(typingctx, arr):
+    """Sum of a 1-D float array as float64, in an order fixed by this code.
+
+    Chunks of ``SUM_LANES * SUM_ACCUMULATORS`` elements are added lane by
+    lane into that many accumulators (in the array's type); the accumulators
+    are added into one in a fixed tree, which then takes the remaining whole
+    chunks of ``SUM_LANES``; its lanes and the last ``size % SUM_LANES``
+    elements are added one by one in float64.
+
+    A vectorized reduction in a jitted loop runs in whatever order LLVM's
+    vectorizer picks for the function it is compiled into, which was measured
+    to differ between a kernel compiled in-process and the same kernel loaded
+    from the compile cache.  This one is written out in IR, without
+    reassociation, so every compiled copy gives the same bits."""
+    if not isinstance(arr, types.Array) or arr.ndim != 1:
+        return None
+    if arr.dtype not in (types.float32, types.float64):
+        return None
+    lanes = SUM_LANES
+    wide = SUM_LANES * SUM_ACCUMULATORS
+
+    def codegen(context, builder, signature, args):
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        elt = context.get_data_type(aryty.dtype)
+        f64 = ir.DoubleType()
+        i32 = ir.IntType(32)
+        n = builder.extract_value(ary.shape, 0)
+        stride = builder.extract_value(ary.strides, 0)
+        byte_ptr = builder.bitcast(ary.data, ir.IntType(8).as_pointer())
+        intp = n.type
+
+        def element_ptr(index):
+            offset = builder.mul(index, stride)
+            return builder.bitcast(builder.gep(byte_ptr, [offset]), elt.as_pointer())
+
+        def load_chunk(start, width, contiguous):
+            vty = ir.VectorType(elt, width)
+            if contiguous:
+                return builder.load(builder.bitcast(element_ptr(start), vty.as_pointer()), align=1)
+            chunk = ir.Constant(vty, ir.Undefined)
+            for j in range(width):
+                v = builder.load(element_ptr(builder.add(start, intp(j))))
+                chunk = builder.insert_element(chunk, v, i32(j))
+            return chunk
+
+        def accumulate(acc, start, stop, width, contiguous):
+            with cgutils.for_range_slice(builder, start, stop, intp(width)) as (i, _):
+                chunk = load_chunk(i, width, contiguous)
+                builder.store(builder.fadd(builder.load(acc), chunk), acc)
+
+        def whole(width):  # n rounded down to a multiple of width
+            return builder.mul(builder.sdiv(n, intp(width)), intp(width))
+
+        n_wide, n_lanes = whole(wide), whole(lanes)
+        zeros = ir.Constant(ir.VectorType(elt, wide), [0.0] * wide)
+        acc_wide = cgutils.alloca_once_value(builder, zeros)
+        acc = cgutils.alloca_once(builder, ir.VectorType(elt, lanes))
+
+        def lane_sums(contiguous):
+            accumulate(acc_wide, intp(0), n_wide, wide, contiguous)
+            vec = builder.load(acc_wide)
+            quarter = ir.VectorType(i32, lanes)
+            parts = [
+                builder.shuffle_vector(vec, vec, ir.Constant(quarter, list(range(k, k + lanes))))
+                for k in range(0, wide, lanes)
+            ]
+            while len(parts) > 1:  # a fixed tree
+                parts = [builder.fadd(parts[k], parts[k + 1]) for k in range(0, len(parts), 2)]
+            builder.store(parts[0], acc)
+            accumulate(acc, n_wide, n_lanes, lanes, contiguous)
+
+        if aryty.layout == "C":
+            lane_sums(True)
+        else:
+            unit = builder.icmp_signed("==", stride, intp(context.get_abi_sizeof(elt)))
+            with builder.if_else(unit, likely=True) as (then, otherwise):
+                with then:
+                    lane_sums(True)
+                with otherwise:
+                    lane_sums(False)
+        vec = builder.load(acc)
+        total = f64(0.0)
+        for j in range(lanes):
+            lane = builder.extract_element(vec, i32(j))
+            total = builder.fadd(total, lane if elt == f64 else builder.fpext(lane, f64))
+        result = cgutils.alloca_once_value(builder, total)
+        with cgutils.for_range_slice(builder, n_lanes, n, intp(1)) as (i, _):
+            v = builder.load(element_ptr(i))
+            v = v if elt == f64 else builder.fpext(v, f64)
+            builder.store(builder.fadd(builder.load(result), v), result)
+        return builder.load(result)
+
+    return types.float64(arr), codegen

@@ -22,10 +22,13 @@ import numpy as np
 from numba import njit
 
 from .._config import FASTMATH, JIT
-from ._math import exp_nonpos, fmaximum, like
+from ._math import exp_nonpos, fmaximum, is_single, like, ordered_sum, stack_array
 
 #: Elements per block of the online max+sum: small enough to stay in L1.
 BLOCK = 2048
+#: Elements per run of a sum of exponentials: each run sums in the row's type
+#: (float32 sums run twice as fast as float64 ones), runs add up in float64.
+ACC_RUN = 1024
 #: logsumexp results smaller than this are recomputed in SciPy's more precise
 #: form (below it, ``m + log(total)`` loses relative accuracy to cancellation).
 NEAR_ZERO = 1e-2
@@ -41,15 +44,39 @@ def row_max(x):
 
 
 @njit(fastmath=FASTMATH, inline="always", **JIT)
-def sumexp_next_max(x, nxt, scale, shift):
-    """``sum(exp(x * scale - shift))`` in float64 and, in the same loop, the max
-    of ``nxt`` (at least as long as ``x``): the next row or block streams in
-    from memory while this one's exponentials are computed from cache."""
-    total = 0.0
-    m_next = nxt[0]
+def _sumexp_run(x, nxt, scale, shift, m_next, buf):
     for i in range(x.size):
-        total += np.float64(exp_nonpos(x[i] * scale - shift))
+        buf[i] = exp_nonpos(x[i] * scale - shift)
         m_next = fmaximum(m_next, nxt[i])
+    return ordered_sum(buf[: x.size]), m_next
+
+
+@njit(fastmath=FASTMATH, inline="always", **JIT)
+def sumexp_next_max(x, nxt, scale, shift):
+    """``sum(exp(x * scale - shift))`` as float64 and, in the same loop, the max
+    of ``nxt`` (at least as long as ``x``): the next row or block streams in
+    from memory while this one's exponentials are computed from cache.
+
+    Runs of :data:`ACC_RUN` exponentials go to a stack buffer and are summed
+    by :func:`ordered_sum` (in the row's type, in a fixed order); runs add up
+    in float64.  float64 rows sum in one loop (vectorized by LLVM, in its
+    order): measured 15% faster."""
+    m_next = nxt[0]
+    if not is_single(x):
+        total = 0.0
+        for i in range(x.size):
+            total += np.float64(exp_nonpos(x[i] * scale - shift))
+            m_next = fmaximum(m_next, nxt[i])
+        return total, m_next
+    buf = stack_array(ACC_RUN, shift)
+    total = 0.0
+    n = x.size
+    for i0 in range(0, n, ACC_RUN):
+        i1 = min(i0 + ACC_RUN, n)
+        # A run is a slice: a loop over a whole slice vectorizes, a loop over
+        # range(i0, i1) inside this one was measured 2x slower.
+        part, m_next = _sumexp_run(x[i0:i1], nxt[i0:i1], scale, shift, m_next, buf)
+        total += part
     return total, m_next
 
 

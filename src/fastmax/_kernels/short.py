@@ -16,13 +16,22 @@ last full block.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from numba import njit, prange
 
 from .._config import FASTMATH, JIT
-from ._math import VECTOR_BYTES, exp_nonpos, like, log_pos, segment_allreduce
+from ._math import (
+    SEGMENT_FAST_MAX,
+    SEGMENT_MAX,
+    SEGMENT_SUM,
+    VECTOR_BYTES,
+    exp_nonpos,
+    fmaximum,
+    is_single,
+    like,
+    log_pos,
+    segment_allreduce,
+)
 from .hardmax import row_argmax, write_one_hot
 from .reduce import NEAR_ZERO, logsumexp_of_row, row_max_sumexp
 from .schedule import block_bounds, driver
@@ -33,7 +42,7 @@ _xent_rows_serial = xent_index_rows.serial
 
 #: Elements per block (a multiple of every vector's lane count): with its two
 #: scratch rows of the same size it stays in L1.
-BLOCK_ELEMENTS = 2048
+BLOCK_ELEMENTS = 1024
 
 
 def fits(n_cols: int, itemsize: int) -> bool:
@@ -60,35 +69,70 @@ def fits_rows(src, dst=None) -> bool:
 
 
 @njit(fastmath=FASTMATH, **JIT)
-def _block_stats(xb, scale, m, u, n_cols):
-    """``m`` = each row's max of ``xb * scale`` and ``u`` = its sum of
-    ``exp(v - max)``, in every lane of the row.  False (and ``u`` unset) if
-    some row's max is not finite."""
+def _block_stats(xb, scale, m, e, u, n_cols):
+    """For ``v = xb * scale``: ``m`` = each row's max in every lane of the
+    row, ``e = exp(v - m)`` and ``u`` = the row's sum of ``e`` in every lane.
+    False (``e``, ``u`` unset) if some row is not all finite but for -inf
+    entries under a finite max: the machine's max used here may drop a NaN,
+    but then ``v - m`` is NaN (as it is for a +inf max or an all -inf row),
+    and any ``v - m`` that is not ``<= 0`` sends the block to the row kernels."""
     lanes = VECTOR_BYTES // xb.itemsize
     for k in range(xb.size):
         m[k] = xb[k] * scale
     for k in range(0, xb.size, lanes):
-        segment_allreduce(m, k, n_cols, True)
-    finite = True
-    for k in range(m.size):
-        finite &= math.isfinite(m[k])
-    if not finite:
-        return False
+        segment_allreduce(m, m, k, n_cols, SEGMENT_FAST_MAX)
+    worst = like(-np.inf, scale)
     for k in range(xb.size):
-        u[k] = exp_nonpos(xb[k] * scale - m[k])
+        d = xb[k] * scale - m[k]
+        worst = fmaximum(worst, d)  # NaN if any d is
+        e[k] = exp_nonpos(d)
+    if not (worst <= 0):
+        return False
     for k in range(0, xb.size, lanes):
-        segment_allreduce(u, k, n_cols, False)
+        segment_allreduce(e, u, k, n_cols, SEGMENT_SUM)
     return True
 
 
-@njit(fastmath=FASTMATH, inline="always", **JIT)
-def _softmax_write(xb, ob, scale, m, u, log):
+@njit(fastmath=FASTMATH, **JIT)
+def _broadcast_rows(vals, lanes_out, n_cols):
+    """``lanes_out[i * n_cols + j] = vals[i]``: the first lane of each row set,
+    the others zeroed, then a segment sum."""
+    lanes = VECTOR_BYTES // lanes_out.itemsize
+    zero = like(0.0, lanes_out[0])
+    for k in range(lanes_out.size):
+        lanes_out[k] = zero
+    for i in range(vals.size):
+        lanes_out[i * n_cols] = vals[i]
+    for k in range(0, lanes_out.size, lanes):
+        segment_allreduce(lanes_out, lanes_out, k, n_cols, SEGMENT_SUM)
+
+
+@njit(fastmath=FASTMATH, **JIT)
+def _softmax_write(xb, ob, scale, m, e, u, rows, log):
+    """``e / sum`` or ``(v - m) - log(sum)``.  Logs, and float64 reciprocals
+    (a float64 vector division costs as much as 1.4 cycles per element), are
+    taken once per row (``rows`` is scratch) and broadcast to the lanes of
+    ``u``; float32 divides in every lane (cheaper than the broadcast)."""
+    n_cols = xb.size // rows.size
     if log:
+        for i in range(rows.size):  # a strided loop: not vectorized
+            rows[i] = u[i * n_cols]
+        for i in range(rows.size):
+            rows[i] = like(log_pos(np.float64(rows[i])), rows[0])
+        _broadcast_rows(rows, u, n_cols)
         for k in range(xb.size):
-            ob[k] = (xb[k] * scale - m[k]) - like(log_pos(np.float64(u[k])), m[k])
+            ob[k] = (xb[k] * scale - m[k]) - u[k]
+    elif is_single(e):
+        for k in range(xb.size):
+            ob[k] = e[k] / u[k]
     else:
+        for i in range(rows.size):
+            rows[i] = u[i * n_cols]
+        for i in range(rows.size):
+            rows[i] = 1.0 / rows[i]
+        _broadcast_rows(rows, u, n_cols)
         for k in range(xb.size):
-            ob[k] = exp_nonpos(xb[k] * scale - m[k]) / u[k]
+            ob[k] = e[k] * u[k]
 
 
 @driver(allocates=True)
@@ -101,20 +145,22 @@ def softmax_short_rows(x, out, scale, log, n_tasks):
     of = out.reshape(-1)
     for task in prange(n_tasks):
         m = np.empty(BLOCK_ELEMENTS, x.dtype)
+        e = np.empty(BLOCK_ELEMENTS, x.dtype)
         u = np.empty(BLOCK_ELEMENTS, x.dtype)
+        rows = np.empty(rows_per_block, x.dtype)
         b0, b1 = block_bounds(task, n_blocks, n_tasks)
         for b in range(b0, b1):
             k0 = b * BLOCK_ELEMENTS
             ob = of[k0 : k0 + BLOCK_ELEMENTS]
             if in_place:  # one array for both: equal pointers would not vectorize
-                ok = _block_stats(ob, scale, m, u, n_cols)
+                ok = _block_stats(ob, scale, m, e, u, n_cols)
                 if ok:
-                    _softmax_write(ob, ob, scale, m, u, log)
+                    _softmax_write(ob, ob, scale, m, e, u, rows, log)
             else:
                 xb = xf[k0 : k0 + BLOCK_ELEMENTS]
-                ok = _block_stats(xb, scale, m, u, n_cols)
+                ok = _block_stats(xb, scale, m, e, u, n_cols)
                 if ok:
-                    _softmax_write(xb, ob, scale, m, u, log)
+                    _softmax_write(xb, ob, scale, m, e, u, rows, log)
             if not ok:
                 r0 = b * rows_per_block
                 softmax_rows_cached_block(x, out, scale, log, r0, r0 + rows_per_block)
@@ -123,14 +169,14 @@ def softmax_short_rows(x, out, scale, log, n_tasks):
 
 
 @njit(fastmath=FASTMATH, **JIT)
-def _block_logsumexp(x, b, scale, m, u, row_m, row_u, out):
+def _block_logsumexp(x, b, scale, m, e, u, row_m, row_u, out):
     """``out[i] = logsumexp(x[r0 + i] * scale)`` for the rows of block ``b``
-    (``r0`` its first row); ``m``, ``u``, ``row_m``, ``row_u`` are scratch."""
+    (``r0`` its first row); ``m``, ``e``, ``u``, ``row_m``, ``row_u`` are scratch."""
     n_cols = x.shape[1]
     rows_per_block, _ = geometry(x.shape[0], n_cols)
     r0 = b * rows_per_block
     k0 = b * BLOCK_ELEMENTS
-    if not _block_stats(x.reshape(-1)[k0 : k0 + BLOCK_ELEMENTS], scale, m, u, n_cols):
+    if not _block_stats(x.reshape(-1)[k0 : k0 + BLOCK_ELEMENTS], scale, m, e, u, n_cols):
         for i in range(rows_per_block):
             mr, total = row_max_sumexp(x[r0 + i], scale)
             out[i] = logsumexp_of_row(x[r0 + i], scale, mr, total)
@@ -153,13 +199,14 @@ def logsumexp_short_rows(x, scale, res, n_tasks):
     rows_per_block, n_blocks = geometry(n_rows, n_cols)
     for task in prange(n_tasks):
         m = np.empty(BLOCK_ELEMENTS, x.dtype)
+        e = np.empty(BLOCK_ELEMENTS, x.dtype)
         u = np.empty(BLOCK_ELEMENTS, x.dtype)
         row_m = np.empty(rows_per_block, np.float64)
         row_u = np.empty(rows_per_block, np.float64)
         b0, b1 = block_bounds(task, n_blocks, n_tasks)
         for b in range(b0, b1):
             r0 = b * rows_per_block
-            _block_logsumexp(x, b, scale, m, u, row_m, row_u, res[r0 : r0 + rows_per_block])
+            _block_logsumexp(x, b, scale, m, e, u, row_m, row_u, res[r0 : r0 + rows_per_block])
     for r in range(n_blocks * rows_per_block, n_rows):
         mr, total = row_max_sumexp(x[r], scale)
         res[r] = logsumexp_of_row(x[r], scale, mr, total)
@@ -188,13 +235,14 @@ def xent_index_short_rows(x, target, w, ignore_index, part_a, part_z, n_tasks):
     one = like(1.0, x[0, 0])
     for task in prange(n_tasks):
         m = np.empty(BLOCK_ELEMENTS, x.dtype)
+        e = np.empty(BLOCK_ELEMENTS, x.dtype)
         u = np.empty(BLOCK_ELEMENTS, x.dtype)
         row_m = np.empty(rows_per_block, np.float64)
         row_u = np.empty(rows_per_block, np.float64)
         lse = np.empty(rows_per_block, np.float64)
         b0, b1 = block_bounds(task, n_blocks, n_tasks)
         for b in range(b0, b1):
-            _block_logsumexp(x, b, one, m, u, row_m, row_u, lse)
+            _block_logsumexp(x, b, one, m, e, u, row_m, row_u, lse)
             _index_parts(x, target, w, ignore_index, lse, b * rows_per_block, part_a, part_z)
     r0 = n_blocks * rows_per_block
     lse = np.empty(n_rows - r0, np.float64)
@@ -209,10 +257,18 @@ def _first_max_lanes(xb, m, c, n_cols):
     """``c`` = minus the position in its row of each row's first maximum (or
     first NaN, as ``np.argmax``), in every lane of the row."""
     lanes = VECTOR_BYTES // xb.itemsize
+    nans = 0
     for k in range(xb.size):
-        m[k] = xb[k]
-    for k in range(0, xb.size, lanes):
-        segment_allreduce(m, k, n_cols, True)
+        v = xb[k]
+        m[k] = v
+        nans += v != v
+    # The machine's max may drop a NaN: blocks with one take llvm.maximum.
+    if nans:
+        for k in range(0, xb.size, lanes):
+            segment_allreduce(m, m, k, n_cols, SEGMENT_MAX)
+    else:
+        for k in range(0, xb.size, lanes):
+            segment_allreduce(m, m, k, n_cols, SEGMENT_FAST_MAX)
     neg_inf = like(-np.inf, m[0])
     for k in range(xb.size):
         v = xb[k]
@@ -220,7 +276,7 @@ def _first_max_lanes(xb, m, c, n_cols):
         hit = (v == m[k]) | (v != v)
         c[k] = -like(k & (n_cols - 1), v) if hit else neg_inf
     for k in range(0, xb.size, lanes):
-        segment_allreduce(c, k, n_cols, True)
+        segment_allreduce(c, c, k, n_cols, SEGMENT_FAST_MAX)
 
 
 @driver(allocates=True)
@@ -265,22 +321,22 @@ def xent_index_grad_short_rows(
     at the target."""
     n_rows, n_cols = x.shape
     rows_per_block, n_blocks = geometry(n_rows, n_cols)
-    lanes = VECTOR_BYTES // x.itemsize
-    in_place = same_buffer(x, out)
     xf = x.reshape(-1)
     of = out.reshape(-1)
     one = like(1.0, x[0, 0])
     for task in prange(n_tasks):
         m = np.empty(BLOCK_ELEMENTS, x.dtype)
+        e = np.empty(BLOCK_ELEMENTS, x.dtype)
         u = np.empty(BLOCK_ELEMENTS, x.dtype)
         a_nll = np.empty(rows_per_block, np.float64)
+        rows = np.empty(rows_per_block, x.dtype)
         b0, b1 = block_bounds(task, n_blocks, n_tasks)
         for b in range(b0, b1):
             k0 = b * BLOCK_ELEMENTS
             r0 = b * rows_per_block
             xb = xf[k0 : k0 + BLOCK_ELEMENTS]
             ob = of[k0 : k0 + BLOCK_ELEMENTS]
-            if not _block_stats(xb, one, m, u, n_cols):
+            if not _block_stats(xb, one, m, e, u, n_cols):
                 _xent_rows_serial(
                     x[r0 : r0 + rows_per_block],
                     target[r0 : r0 + rows_per_block],
@@ -305,7 +361,7 @@ def xent_index_grad_short_rows(
                     part_a[r] = 0.0
                     part_z[r] = 0.0
                     a_nll[i] = 0.0
-                    u[i * n_cols] = 0.0
+                    rows[i] = 0.0
                     continue
                 lse = np.float64(m[i * n_cols]) + log_pos(total)
                 wt = np.float64(w[t])
@@ -313,18 +369,10 @@ def xent_index_grad_short_rows(
                 part_z[r] = lse * lse
                 a_nll[i] = wt * scale[r]
                 z_term = 2.0 * z_loss * lse * scale_z[r] if z_loss != 0.0 else 0.0
-                u[i * n_cols] = (a_nll[i] + z_term) / total
-            for i in range(rows_per_block):
-                for j in range(1, n_cols):
-                    u[i * n_cols + j] = 0.0
-            for k in range(0, BLOCK_ELEMENTS, lanes):
-                segment_allreduce(u, k, n_cols, False)
-            if in_place:  # one array for both: equal pointers would not vectorize
-                for k in range(BLOCK_ELEMENTS):
-                    ob[k] = exp_nonpos(ob[k] - m[k]) * u[k]
-            else:
-                for k in range(BLOCK_ELEMENTS):
-                    ob[k] = exp_nonpos(xb[k] - m[k]) * u[k]
+                rows[i] = (a_nll[i] + z_term) / total
+            _broadcast_rows(rows, u, n_cols)
+            for k in range(BLOCK_ELEMENTS):
+                ob[k] = e[k] * u[k]
             for i in range(rows_per_block):
                 t = target[r0 + i]
                 if t != ignore_index:

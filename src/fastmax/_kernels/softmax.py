@@ -18,8 +18,9 @@ import numpy as np
 from numba import njit, prange
 
 from .._config import EXACT_MATH, FASTMATH, JIT, JIT_ALLOC
-from ._math import data_address, exp, exp_nonpos, fmaximum, like
+from ._math import data_address, exp, exp_nonpos, fmaximum, is_single, like, ordered_sum
 from .reduce import (
+    ACC_RUN,
     BLOCK,
     logsumexp_of_row,
     merge_max_sumexp,
@@ -98,13 +99,15 @@ def write_row_per_column(x, out, scale, shift, factor, log):
 
 
 @njit(fastmath=FASTMATH, inline="always", **JIT)
-def _exp_store_loop(x, out, nxt, scale, m):
+def _exp_store_run(x, out, nxt, scale, m, m_next):
+    """``out = exp(x*scale - m)`` and the max of ``nxt``; for float64 also the
+    sum (float32 sums are taken by :func:`ordered_sum` after)."""
     total = 0.0
-    m_next = nxt[0]
     for i in range(x.size):
         e = exp_nonpos(x[i] * scale - m)
         out[i] = e
-        total += np.float64(e)
+        if not is_single(x):
+            total += np.float64(e)
         m_next = fmaximum(m_next, nxt[i])
     return total, m_next
 
@@ -114,17 +117,30 @@ def exp_store_sum_next_max(x, out, nxt, scale, m, in_place):
     """``out = exp(x*scale - m)``, its float64 sum, and the max of the next row.
 
     Reading the next row (a DRAM stream) in the loop that computes this row's
-    exponentials (from cache) overlaps memory traffic with arithmetic.  In
-    place, the loop gets one array for ``x`` and ``out`` (equal pointers in
+    exponentials (from cache) overlaps memory traffic with arithmetic.  The
+    sum is taken as in :func:`reduce.sumexp_next_max`: per run of stored
+    float32 exponentials by :func:`ordered_sum`, in the loop for float64.
+    In place, the loop gets one array for ``x`` and ``out`` (equal pointers in
     two arrays would not vectorize); the last row of a block passes itself
     as ``nxt`` (its "next" max is not needed), and then one array serves all
     three.
     """
-    if in_place and same_buffer(x, nxt):
-        return _exp_store_loop(out, out, out, scale, m)
-    if in_place:
-        return _exp_store_loop(out, out, nxt, scale, m)
-    return _exp_store_loop(x, out, nxt, scale, m)
+    alone = in_place and same_buffer(x, nxt)
+    total = 0.0
+    m_next = nxt[0]
+    n = x.size
+    run = ACC_RUN if is_single(x) else n
+    for i0 in range(0, n, run):
+        i1 = min(i0 + run, n)
+        o = out[i0:i1]
+        if alone:
+            part, m_next = _exp_store_run(o, o, o, scale, m, m_next)
+        elif in_place:
+            part, m_next = _exp_store_run(o, o, nxt[i0:i1], scale, m, m_next)
+        else:
+            part, m_next = _exp_store_run(x[i0:i1], o, nxt[i0:i1], scale, m, m_next)
+        total += ordered_sum(o) if is_single(x) else part
+    return total, m_next
 
 
 @njit(fastmath=FASTMATH, **JIT)
