@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import fastmax
+from fastmax._kernels import short
 
 from . import reference as ref
 
@@ -91,8 +92,14 @@ def test_stacked_tangents_broadcast(kind, rng):
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_big_parallel_paths_and_in_place(kind, dtype, rng):
-    y = _primal(kind, rng.standard_normal((3000, 37)), -1).astype(dtype)
+@pytest.mark.parametrize("n_cols", [37, 2, 8, 16])  # 2-16: the short-row kernel
+def test_big_parallel_paths_and_in_place(kind, dtype, n_cols, rng):
+    if n_cols != 37:  # rows in several blocks and a tail after the last one
+        assert short.fits(n_cols, np.dtype(dtype).itemsize) == (
+            n_cols * np.dtype(dtype).itemsize <= 64
+        )
+    n_rows = 3 * short.BLOCK_ELEMENTS // n_cols + 5 if n_cols != 37 else 3000
+    y = _primal(kind, rng.standard_normal((n_rows, n_cols)), -1).astype(dtype)
     v = rng.standard_normal(y.shape).astype(dtype)
     tol = {"rtol": 1e-4, "atol": 1e-5} if dtype == np.float32 else {"rtol": 1e-12, "atol": 1e-14}
     expected = ref.jvp(kind, y, v)

@@ -1,5 +1,6 @@
-"""The vectorized exp: accuracy against NumPy over the whole range, and packed
-SIMD instructions in the compiled loop."""
+"""The numeric primitives: the vectorized exp (accuracy against NumPy over the
+whole range, packed SIMD instructions in the compiled loop), the ordered sum,
+stack scratch arrays and the in-vector segment reductions."""
 
 from __future__ import annotations
 
@@ -9,8 +10,22 @@ import numpy as np
 import pytest
 from numba import njit
 
-from fastmax._config import EXACT_MATH
-from fastmax._kernels._math import exp, exp_nonpos, fmaximum
+from fastmax._config import EXACT_MATH, FASTMATH
+from fastmax._kernels._math import (
+    SEGMENT_FAST_MAX,
+    SEGMENT_MAX,
+    SEGMENT_SUM,
+    SUM_ACCUMULATORS,
+    SUM_LANES,
+    VECTOR_BYTES,
+    exp,
+    exp_nonpos,
+    fmaximum,
+    is_single,
+    ordered_sum,
+    segment_allreduce,
+    stack_array,
+)
 
 #: Max error in units in the last place (of NumPy's result) over normal results.
 ULP = {np.float32: 6, np.float64: 4}
@@ -114,3 +129,99 @@ def test_fmaximum_propagates_nan_like_np_max():
     x[500] = np.nan
     assert np.isnan(reduce_max(x))
     assert reduce_max(np.array([-np.inf, -np.inf])) == -np.inf
+
+
+@njit(cache=False)
+def _ordered_sum(x):
+    return ordered_sum(x)
+
+
+def _ordered_sum_reference(x):
+    """The documented order, in NumPy: lanes in the array's type, then float64."""
+    n = x.size
+    wide = SUM_LANES * SUM_ACCUMULATORS
+    n_wide = n // wide * wide
+    n_lanes = n // SUM_LANES * SUM_LANES
+    acc = np.zeros(wide, x.dtype)
+    for i in range(0, n_wide, wide):
+        acc += x[i : i + wide]
+    parts = [acc[k : k + SUM_LANES] for k in range(0, wide, SUM_LANES)]
+    while len(parts) > 1:
+        parts = [parts[k] + parts[k + 1] for k in range(0, len(parts), 2)]
+    lanes = parts[0]
+    for i in range(n_wide, n_lanes, SUM_LANES):
+        lanes = lanes + x[i : i + SUM_LANES]
+    total = 0.0
+    for v in lanes:
+        total += float(v)
+    for v in x[n_lanes:]:
+        total += float(v)
+    return total
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [0, 1, 15, 16, 17, 63, 64, 65, 100, 1000, 1024, 4099])
+def test_ordered_sum_is_the_documented_order(dtype, n):
+    rng = np.random.default_rng(n)
+    x = (rng.random(n) * 2.0 ** rng.integers(-20, 20, n)).astype(dtype)  # order matters
+    assert _ordered_sum(x) == _ordered_sum_reference(x)  # bit for bit
+    # Strided views take the element-by-element path: the same order and bits.
+    wide = np.zeros(3 * n, dtype)
+    wide[::3] = x
+    assert _ordered_sum(wide[::3]) == _ordered_sum(x)
+
+
+def test_ordered_sum_is_the_same_inside_a_fast_math_loop():
+    """Compiled into callers with reassociation allowed, the order stays put."""
+
+    @njit(fastmath=FASTMATH, cache=False)
+    def per_run(x, run):
+        total = 0.0
+        for i0 in range(0, x.size, run):
+            total += ordered_sum(x[i0 : i0 + run])
+        return total
+
+    x = np.random.default_rng(3).standard_normal(10_000).astype(np.float32) ** 2
+    expected = sum(_ordered_sum(x[i : i + 1000]) for i in range(0, x.size, 1000))
+    assert per_run(x, 1000) == expected
+
+
+def test_stack_array_and_is_single():
+    @njit(cache=False)
+    def fill(v):
+        buf = stack_array(64, v)
+        for i in range(buf.size):
+            buf[i] = v * i
+        return buf.size, buf[63], is_single(buf)
+
+    assert fill(np.float32(2.0)) == (64, 126.0, True)
+    assert fill(2.0) == (64, 126.0, False)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("seg", [1, 2, 4, 8, 16])
+def test_segment_allreduce(dtype, seg):
+    lanes = VECTOR_BYTES // np.dtype(dtype).itemsize
+    if seg > lanes:
+        pytest.skip("segment wider than a vector")
+
+    @njit(cache=False)
+    def reduce_all(src, dst, seg, op):
+        for k in range(0, src.size, lanes):
+            if op == 0:
+                segment_allreduce(src, dst, k, seg, SEGMENT_SUM)
+            elif op == 1:
+                segment_allreduce(src, dst, k, seg, SEGMENT_MAX)
+            else:
+                segment_allreduce(src, dst, k, seg, SEGMENT_FAST_MAX)
+
+    x = np.random.default_rng(seg).standard_normal(4 * lanes).astype(dtype)
+    rows = x.reshape(-1, seg)
+    for op, ref in [(0, rows.sum(1)), (1, rows.max(1)), (2, rows.max(1))]:
+        out = np.empty_like(x)
+        reduce_all(x, out, seg, op)
+        np.testing.assert_allclose(out.reshape(-1, seg), np.repeat(ref[:, None], seg, 1), rtol=1e-6)
+    x[3] = np.nan  # the NaN-propagating max keeps it; the fast max may drop it
+    out = np.empty_like(x)
+    reduce_all(x, out, seg, 1)
+    assert np.isnan(out[(3 // seg) * seg : (3 // seg + 1) * seg]).all()

@@ -22,14 +22,15 @@ def test_kernels_take_fastmath_flags_from_the_config():
     for path in PACKAGE.rglob("*.py"):
         for lineno, line in enumerate(path.read_text().splitlines(), 1):
             for flags in re.findall(r"fastmath\s*=\s*([^,)\s]+)", line):
-                if flags not in ("FASTMATH", "EXACT_MATH"):
+                if flags not in ("FASTMATH", "EXACT_MATH", "ORDERED_MATH"):
                     offenders.append(f"{path.name}:{lineno}: fastmath={flags}")
     assert not offenders, offenders
 
 
 def test_no_flag_assumes_away_nan_or_inf():
-    for flags in (_config.FASTMATH, _config.EXACT_MATH):
+    for flags in (_config.FASTMATH, _config.EXACT_MATH, _config.ORDERED_MATH):
         assert not {"nnan", "ninf", "fast"} & set(flags)
+    assert "reassoc" not in _config.ORDERED_MATH | _config.EXACT_MATH
 
 
 def test_ruff_is_clean():

@@ -28,6 +28,9 @@ from llvmlite import binding
 
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 EXACT_MATH = {"contract"}
+#: FASTMATH without reassociation: loops whose expressions must keep their
+#: order (``(v - shift) - log_sum``) and whose sums go to ``ordered_sum``.
+ORDERED_MATH = FASTMATH - {"reassoc"}
 
 JIT_ALLOC = {"cache": True, "nogil": True, "error_model": "numpy", "boundscheck": False}
 JIT = {**JIT_ALLOC, "_nrt": False}

@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 
 from .._kernels import jacobian as K
-from .._kernels.schedule import SPLIT_CHUNK, column_chunks, split_rows
+from .._kernels import short as S
+from .._kernels.schedule import SPLIT_CHUNK, column_chunks, row_blocks, split_rows
 from .._layout import contiguous_for_rows, empty_for_rows, rows_view, unit_stride
 from .._validate import (
     as_array,
@@ -31,6 +32,8 @@ def _run(y: np.ndarray, v: np.ndarray, out: np.ndarray, mode: int) -> None:
         and unit_stride(out, 0)
     ):
         K.jvp_cols(size, y.T, v.T, out.T, mode, column_chunks(out.shape[1]))
+    elif S.fits_rows(y, out) and v.flags.c_contiguous:
+        S.jvp_short_rows(size, y, v, out, mode, row_blocks(out.shape[0]))
     elif size >= 2 * SPLIT_CHUNK and split_rows(*out.shape):
         K.jvp_rows_split(size, y, v, out, mode, SPLIT_CHUNK)
     else:

@@ -206,6 +206,11 @@ def _prepare(
 
 #: Samples per block when the class axis is strided (gathered into a buffer).
 _GATHER_BYTES = 1 << 23
+#: Samples per kernel call when a loss is reduced over many samples: their
+#: parts (and gradient scales) live in small reused buffers instead of arrays
+#: of N, whose page faults and second pass cost as much as reading the logits
+#: on many short rows.
+_REDUCE_ROWS = 1 << 16
 
 
 def _index_terms(pb: _Problem, rows, index, m, total, xw, part_a, part_z, scale, scale_z):
@@ -377,8 +382,50 @@ def _kernel(pb: _Problem, rows, index, probs, part_a, part_z, grad_rows, scale, 
         )
 
 
+def _chunked(pb: _Problem, grad_rows: np.ndarray | None) -> bool:
+    """Whether a reduced loss over many samples (contiguous classes) runs in
+    chunks of :data:`_REDUCE_ROWS` samples."""
+    return (
+        pb.reduction != "none"
+        and pb.rows.shape[0] > _REDUCE_ROWS
+        and unit_stride(pb.rows, 1)
+        and (grad_rows is None or unit_stride(grad_rows, 1))
+    )
+
+
+def _run_chunks(pb: _Problem, grad_rows: np.ndarray | None, scale, scale_z):
+    """:func:`_run` for :func:`_chunked` problems: each chunk's parts go to one
+    reused buffer and are summed there (in order: deterministic).  Returns the
+    sums as 1-element parts."""
+    n = pb.rows.shape[0]
+    part_a = np.empty(_REDUCE_ROWS)
+    part_z = np.empty(_REDUCE_ROWS)
+    sum_a = 0.0
+    sum_z = 0.0
+    for s0 in range(0, n, _REDUCE_ROWS):
+        s1 = min(s0 + _REDUCE_ROWS, n)
+        k = s1 - s0
+        _kernel(
+            pb,
+            pb.rows[s0:s1],
+            None if pb.index is None else pb.index[s0:s1],
+            None if pb.probs is None else pb.probs[s0:s1],
+            part_a[:k],
+            part_z[:k],
+            None if grad_rows is None else grad_rows[s0:s1],
+            None if scale is None else scale[:k],
+            None if scale_z is None else scale_z[:k],
+        )
+        sum_a += part_a[:k].sum()
+        if pb.z_loss:
+            sum_z += part_z[:k].sum()
+    return np.array([sum_a]), np.array([sum_z])
+
+
 def _run(pb: _Problem, grad_rows: np.ndarray | None, scale, scale_z):
     """One pass of the kernel: per-sample parts, and the gradient if asked."""
+    if _chunked(pb, grad_rows):
+        return _run_chunks(pb, grad_rows, scale, scale_z)
     n, n_classes = pb.rows.shape
     part_a = np.empty(n)
     part_z = np.empty(n)
@@ -433,9 +480,10 @@ def _reduce(pb: _Problem, part_a: np.ndarray, part_z: np.ndarray):
     return np.asarray(total, dtype=pb.rdt)[()]
 
 
-def _scales(pb: _Problem, grad: Any):
-    """Per-row multipliers of the gradient's two parts (see the kernel module)."""
-    n = pb.rows.shape[0]
+def _scales(pb: _Problem, grad: Any, grad_rows: np.ndarray):
+    """Per-row multipliers of the gradient's two parts (see the kernel module);
+    for "mean"/"sum", one chunk's worth when :func:`_chunked`."""
+    n = min(pb.rows.shape[0], _REDUCE_ROWS) if _chunked(pb, grad_rows) else pb.rows.shape[0]
     if pb.reduction == "none":
         g = as_array(grad, "grad", pb.func)
         try:
@@ -570,7 +618,7 @@ def softmax_cross_entropy_backward(
         "softmax_cross_entropy_backward",
     )
     result, view, buffer = _gradient_buffer(pb, out)
-    _run(pb, view, *_scales(pb, grad))
+    _run(pb, view, *_scales(pb, grad, view))
     return _finish_gradient(pb, result, buffer)
 
 
@@ -602,7 +650,7 @@ def softmax_cross_entropy_with_grad(
         "softmax_cross_entropy_with_grad",
     )
     result, view, buffer = _gradient_buffer(pb, out)
-    part_a, part_z = _run(pb, view, *_scales(pb, 1.0))
+    part_a, part_z = _run(pb, view, *_scales(pb, 1.0, view))
     return _reduce(pb, part_a, part_z), _finish_gradient(pb, result, buffer)
 
 

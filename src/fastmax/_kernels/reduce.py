@@ -1,12 +1,16 @@
 """Row reductions shared by every kernel family.
 
 All take a 1-D view (any stride) with at least one element and compute in the
-view's own floating type.  Sums of exponentials accumulate in float64, so a
-float32 row of millions of elements keeps float32 accuracy, and the sum of
-float32 terms does not depend on the order LLVM's vectorizer picks (which
-can differ between a kernel compiled in this process and the same kernel
-loaded from the on-disk cache: a float32 accumulator made results differ
-in the last bit between the two).
+view's own floating type.  Sums of exponentials are float64 across runs of
+:data:`ACC_RUN` elements; within a run, float32 exponentials are stored and
+summed by :func:`ordered_sum` in float32 lanes (twice as fast as float64
+sums, and accurate: a lane adds at most ``ACC_RUN / 64`` terms), in an order
+fixed by its IR.  A sum vectorized by LLVM runs in an order that can differ
+between a kernel compiled in this process and the same kernel loaded from the
+on-disk cache (measured: float32 results then differed in the last bit), so
+float32 results are the same bits in every process.  float64 rows sum in the
+loop, in LLVM's order (15% faster): their results can differ in the last bits
+between a kernel compiled in-process and one loaded from the cache.
 
 ``scale`` multiplies every element before use (``1/temperature``); as it is
 positive, ``max(x) * scale == max(x * scale)`` exactly.  A row's statistics

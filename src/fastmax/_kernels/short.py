@@ -25,6 +25,7 @@ from ._math import (
     SEGMENT_MAX,
     SEGMENT_SUM,
     VECTOR_BYTES,
+    exp,
     exp_nonpos,
     fmaximum,
     is_single,
@@ -33,6 +34,8 @@ from ._math import (
     segment_allreduce,
 )
 from .hardmax import row_argmax, write_one_hot
+from .jacobian import LOG_JVP, SOFTMAX, row_sum, write_row_per_column
+from .jacobian import write_row as jvp_write_row
 from .reduce import NEAR_ZERO, logsumexp_of_row, row_max_sumexp
 from .schedule import block_bounds, driver
 from .softmax import same_buffer, softmax_rows_cached_block
@@ -214,15 +217,16 @@ def logsumexp_short_rows(x, scale, res, n_tasks):
 
 @njit(fastmath=FASTMATH, **JIT)
 def _index_parts(x, target, w, ignore_index, lse, r0, part_a, part_z):
+    """Per row: ``part_a = w[t] * (lse - x[t])`` and ``part_z = lse**2`` (0 for
+    ignored rows), without branches so that the loop vectorizes (gathers)."""
     for i in range(lse.size):
         r = r0 + i
         t = target[r]
-        if t == ignore_index:
-            part_a[r] = 0.0
-            part_z[r] = 0.0
-        else:
-            part_a[r] = np.float64(w[t]) * (lse[i] - np.float64(x[r, t]))
-            part_z[r] = lse[i] * lse[i]
+        keep = t != ignore_index
+        tt = t if keep else 0
+        a = np.float64(w[tt]) * (lse[i] - np.float64(x[r, tt]))
+        part_a[r] = a if keep else 0.0
+        part_z[r] = lse[i] * lse[i] if keep else 0.0
 
 
 @driver(allocates=True)
@@ -393,3 +397,45 @@ def xent_index_grad_short_rows(
         scale_z[r0:],
         1,
     )
+
+
+@njit(fastmath=FASTMATH, **JIT)
+def _jvp_terms(yb, vb, p, mode):
+    """The terms of each row's sum in ``jacobian``'s modes."""
+    if mode == SOFTMAX:
+        for k in range(p.size):
+            p[k] = yb[k] * vb[k]
+    elif mode == LOG_JVP:
+        for k in range(p.size):
+            p[k] = exp(yb[k]) * vb[k]
+    else:
+        for k in range(p.size):
+            p[k] = vb[k]
+
+
+@driver(allocates=True)
+def jvp_short_rows(y, v, out, mode, n_tasks):
+    """``jacobian.jvp_rows`` for rows that ``fits`` (``y``, ``v``, ``out``
+    C-contiguous; ``out`` may be ``y`` or ``v``): per block, the terms, their
+    row sums in every lane (in the data's type: at most 16 terms), then the
+    write pass with a sum per element."""
+    n_rows, n_cols = y.shape
+    rows_per_block, n_blocks = geometry(n_rows, n_cols)
+    lanes = VECTOR_BYTES // y.itemsize
+    yf = y.reshape(-1)
+    vf = v.reshape(-1)
+    of = out.reshape(-1)
+    for task in prange(n_tasks):
+        p = np.empty(BLOCK_ELEMENTS, y.dtype)
+        b0, b1 = block_bounds(task, n_blocks, n_tasks)
+        for b in range(b0, b1):
+            k0 = b * BLOCK_ELEMENTS
+            yb = yf[k0 : k0 + BLOCK_ELEMENTS]
+            vb = vf[k0 : k0 + BLOCK_ELEMENTS]
+            _jvp_terms(yb, vb, p, mode)
+            for k in range(0, BLOCK_ELEMENTS, lanes):
+                segment_allreduce(p, p, k, n_cols, SEGMENT_SUM)
+            write_row_per_column(yb, vb, of[k0 : k0 + BLOCK_ELEMENTS], p, mode)
+    for r in range(n_blocks * rows_per_block, n_rows):
+        s = row_sum(y[r], v[r], mode)
+        jvp_write_row(y[r], v[r], out[r], like(s, out[r, 0]), mode)

@@ -17,8 +17,17 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .._config import EXACT_MATH, FASTMATH, JIT, JIT_ALLOC
-from ._math import data_address, exp, exp_nonpos, fmaximum, is_single, like, ordered_sum
+from .._config import EXACT_MATH, FASTMATH, JIT, JIT_ALLOC, ORDERED_MATH
+from ._math import (
+    data_address,
+    exp,
+    exp_nonpos,
+    fmaximum,
+    is_single,
+    like,
+    ordered_sum,
+    stack_array,
+)
 from .reduce import (
     ACC_RUN,
     BLOCK,
@@ -143,20 +152,72 @@ def exp_store_sum_next_max(x, out, nxt, scale, m, in_place):
     return total, m_next
 
 
+@njit(fastmath=ORDERED_MATH, inline="always", **JIT)
+def _log_write_exp_loop(x, out, scale, shift, lsum, y, nxt, m, m_next, buf):
+    for i in range(x.size):
+        out[i] = (x[i] * scale - shift) - lsum
+        buf[i] = exp_nonpos(y[i] * scale - m)
+        m_next = fmaximum(m_next, nxt[i])
+    return m_next
+
+
+@njit(fastmath=ORDERED_MATH, **JIT)
+def _log_write_exp_run(x, out, scale, shift, lsum, y, nxt, m, m_next, buf):
+    return _log_write_exp_loop(x, out, scale, shift, lsum, y, nxt, m, m_next, buf)
+
+
+@njit(fastmath=ORDERED_MATH, **JIT)
+def _log_write_exp_run_in_place(out, scale, shift, lsum, y, nxt, m, m_next, buf):
+    return _log_write_exp_loop(out, out, scale, shift, lsum, y, nxt, m, m_next, buf)
+
+
+@njit(fastmath=FASTMATH, inline="always", **JIT)
+def log_write_sumexp_next_max(x, out, scale, shift, lsum, y, nxt, m, in_place):
+    """Three rows in one loop: ``out = (x*scale - shift) - lsum`` (a row's
+    log_softmax), the sum of ``exp(y*scale - m)`` (the next row's) and the max
+    of ``nxt`` (the one after), so the writes of one row stream out while the
+    next row's exponentials are computed.  Sums as in
+    :func:`reduce.sumexp_next_max`, by :func:`ordered_sum` over runs."""
+    buf = stack_array(ACC_RUN, m)
+    total = 0.0
+    m_next = nxt[0]
+    n = x.size
+    for i0 in range(0, n, ACC_RUN):
+        i1 = min(i0 + ACC_RUN, n)
+        o = out[i0:i1]
+        if in_place:
+            m_next = _log_write_exp_run_in_place(
+                o, scale, shift, lsum, y[i0:i1], nxt[i0:i1], m, m_next, buf
+            )
+        else:
+            m_next = _log_write_exp_run(
+                x[i0:i1], o, scale, shift, lsum, y[i0:i1], nxt[i0:i1], m, m_next, buf
+            )
+        total += ordered_sum(buf[: i1 - i0])
+    return total, m_next
+
+
 @njit(fastmath=FASTMATH, **JIT)
 def softmax_rows_cached_block(x, out, scale, log, r0, r1):
     """softmax / log_softmax of rows ``r0:r1`` that fit in cache, pipelined:
     each row's exp pass also reads the next row's max (one exp per element)."""
     in_place = same_buffer(x, out)
     m_next = row_max(x[r0])
+    if log:
+        m = m_next * scale
+        total, m_next = sumexp_next_max(x[r0], x[min(r0 + 1, r1 - 1)], scale, m)
+        for r in range(r0, r1 - 1):
+            shift, lsum = finish(m, total, True)
+            m = m_next * scale
+            total, m_next = log_write_sumexp_next_max(
+                x[r], out[r], scale, shift, lsum, x[r + 1], x[min(r + 2, r1 - 1)], m, in_place
+            )
+        shift, lsum = finish(m, total, True)
+        write_row(x[r1 - 1], out[r1 - 1], scale, shift, lsum, True)
+        return
     for r in range(r0, r1):
         nxt = x[min(r + 1, r1 - 1)]
         m = m_next * scale
-        if log:
-            total, m_next = sumexp_next_max(x[r], nxt, scale, m)
-            shift, factor = finish(m, total, True)
-            write_row(x[r], out[r], scale, shift, factor, True)
-            continue
         orow = out[r]
         total, m_next = exp_store_sum_next_max(x[r], orow, nxt, scale, m, in_place)
         shift, factor = finish(m, total, False)

@@ -38,18 +38,41 @@ TARGET_CHUNKS = 16
 
 
 @njit(fastmath=FASTMATH, **JIT)
-def _check_chunk(target, n_classes, ignore_index, weight):
-    total_weight = 0.0
+def _count_targets(target, n_classes, ignore_index):
+    """How many targets are kept and how many of those are outside ``[0, C)``:
+    one loop without an exit, so it vectorizes."""
     kept = 0
+    bad = 0
     for i in range(target.size):
         t = target[i]
-        if t == ignore_index:
-            continue
-        if t < 0 or t >= n_classes:
-            return i, 0.0, 0
-        total_weight += np.float64(weight[t])
-        kept += 1
-    return -1, total_weight, kept
+        keep = t != ignore_index
+        kept += keep
+        bad += keep & ((t < 0) | (t >= n_classes))
+    return kept, bad
+
+
+@njit(fastmath=EXACT_MATH, **JIT)
+def _kept_weight(target, ignore_index, weight):
+    """Summed weight of the kept targets, in order (no reassociation)."""
+    total = 0.0
+    for i in range(target.size):
+        t = target[i]
+        if t != ignore_index:
+            total += np.float64(weight[t])
+    return total
+
+
+@njit(fastmath=FASTMATH, **JIT)
+def _check_chunk(target, n_classes, ignore_index, weight):
+    kept, bad = _count_targets(target, n_classes, ignore_index)
+    if bad:
+        for i in range(target.size):
+            t = target[i]
+            if t != ignore_index and (t < 0 or t >= n_classes):
+                return i, 0.0, 0
+    if weight.strides[0] == 0:  # one weight for every class (a broadcast view)
+        return -1, np.float64(weight[0]) * kept, kept
+    return -1, _kept_weight(target, ignore_index, weight), kept
 
 
 @driver(allocates=True)
