@@ -338,38 +338,77 @@ def logsumexp_of_stats(x, scale, m_rows, total_rows, res):
 
 
 @njit(fastmath=FASTMATH, **JIT)
-def column_stats(x, scale, i_lo, i_hi, block_rows, m, total, block_max):
+def _column_block_max(x, i0, i1, block_max):
+    row = x[i0]
+    for j in range(row.size):
+        block_max[j] = row[j]
+    for i in range(i0 + 1, i1):
+        row = x[i]
+        for j in range(row.size):
+            block_max[j] = fmaximum(block_max[j], row[j])
+
+
+@njit(fastmath=FASTMATH, inline="always", **JIT)
+def _column_sumexp_row(row, scale, shift, part):
+    for j in range(row.size):
+        part[j] += exp_nonpos(row[j] * scale - shift[j])
+
+
+@njit(fastmath=FASTMATH, inline="always", **JIT)
+def _column_sumexp_next_max_row(row, scale, shift, part, nxt, next_max):
+    for j in range(row.size):
+        part[j] += exp_nonpos(row[j] * scale - shift[j])
+        next_max[j] = fmaximum(next_max[j], nxt[j])
+
+
+@njit(fastmath=FASTMATH, **JIT)
+def column_stats(x, scale, i_lo, i_hi, block_rows, m, total, shift, next_max, part):
     """Online ``(m, total)`` per column of ``x[i_lo:i_hi]``, reduced along axis 0
-    in blocks of ``block_rows`` rows (kept in cache); SIMD runs across columns."""
+    in blocks of rows (kept in cache); SIMD runs across columns.  The exp pass
+    over a block reads the next block's max in the same loop (a DRAM stream
+    overlapped with arithmetic).  A block's sums run in the data's type, per
+    column in row order (no reduction across lanes: deterministic), at most
+    ``ACC_RUN`` terms; blocks add up in float64.  ``shift``, ``next_max`` and
+    ``part`` are scratch of a row's length."""
     n_cols = x.shape[1]
     neg_inf = like(-np.inf, scale)
     zero = like(0.0, scale)
     for j in range(n_cols):
         m[j] = neg_inf
         total[j] = 0.0
+    if i_lo >= i_hi:
+        return
+    block_rows = min(block_rows, ACC_RUN)
+    _column_block_max(x, i_lo, min(i_lo + block_rows, i_hi), next_max)
     for i0 in range(i_lo, i_hi, block_rows):
         i1 = min(i0 + block_rows, i_hi)
-        row = x[i0]
-        for j in range(n_cols):
-            block_max[j] = row[j]
-        for i in range(i0 + 1, i1):
-            row = x[i]
-            for j in range(n_cols):
-                block_max[j] = fmaximum(block_max[j], row[j])
-        for j in range(n_cols):
+        for j in range(n_cols):  # without branches, so that it vectorizes
             old = m[j]
-            new = fmaximum(old, block_max[j] * scale)
+            new = fmaximum(old, next_max[j] * scale)
             # Rescale a finite running sum to the new max; -inf so far means 0.
-            keep = math.isfinite(old) and math.isfinite(new)
-            total[j] = total[j] * exp_nonpos(np.float64(old) - np.float64(new)) if keep else 0.0
+            finite_new = abs(new) < np.inf
+            keep = (abs(old) < np.inf) & finite_new
+            rescale = exp_nonpos(np.float64(old) - np.float64(new))
+            total[j] = total[j] * rescale if keep else 0.0
             m[j] = new
             # Shift by 0 where the max is not finite (those columns are
             # finished by the non-finite rules; this keeps the sums NaN-free).
-            block_max[j] = new if math.isfinite(new) else zero
-        for i in range(i0, i1):
-            row = x[i]
+            shift[j] = new if finite_new else zero
+            part[j] = zero
+        # The next block (never longer than this one) starts its max here.
+        n1 = min(i1 + block_rows, i_hi)
+        if n1 > i1:
+            first = x[i1]
             for j in range(n_cols):
-                total[j] += np.float64(exp_nonpos(row[j] * scale - block_max[j]))
+                next_max[j] = first[j]
+        for i in range(i0, i1):
+            k = i1 + (i - i0)
+            if k < n1:
+                _column_sumexp_next_max_row(x[i], scale, shift, part, x[k], next_max)
+            else:
+                _column_sumexp_row(x[i], scale, shift, part)
+        for j in range(n_cols):
+            total[j] += np.float64(part[j])
 
 
 @njit(fastmath=FASTMATH, **JIT)
@@ -386,7 +425,9 @@ def column_stats_chunked(x, scale, n_chunks, block_rows):
     m_parts = np.empty((n_chunks, n_cols), x.dtype)
     total_parts = np.empty((n_chunks, n_cols), np.float64)
     for c in prange(n_chunks):
-        block_max = np.empty(n_cols, x.dtype)
+        shift = np.empty(n_cols, x.dtype)
+        next_max = np.empty(n_cols, x.dtype)
+        part = np.empty(n_cols, x.dtype)
         column_stats(
             x,
             scale,
@@ -395,7 +436,9 @@ def column_stats_chunked(x, scale, n_chunks, block_rows):
             block_rows,
             m_parts[c],
             total_parts[c],
-            block_max,
+            shift,
+            next_max,
+            part,
         )
     m = np.empty(n_cols, x.dtype)
     total = np.empty(n_cols, np.float64)
