@@ -54,3 +54,11 @@ def test_every_benchmark_runs_on_tiny_shapes(suite):
                 assert result > 0
             ran += 1
     assert ran > 100 and skipped > 0, (ran, skipped)
+
+
+def test_masked_inputs_benchmark_runs(suite):
+    for combo in itertools.product(*suite.MaskedInputs.params):
+        bench = suite.MaskedInputs()
+        bench.setup(*combo)
+        assert bench.masked[0, 0] == float(combo[2])  # the mask is in the timed input
+        assert bench.track_masked_over_plain(*combo) > 0

@@ -239,30 +239,38 @@ _BIAS32 = 24
 
 
 @njit(fastmath=EXACT_MATH, inline="always", cache=True)
-def _reduce_nonpos(x, lo, log2e, shift, ln2_hi, ln2_lo):
-    """``x = n ln2 + r``: ``t`` (``n`` in its low bits) and ``r``, for ``x`` at
-    least ``lo`` (below it, clamped); ``n * ln2_hi`` is exact."""
-    xc = lo if x < lo else x
-    t = xc * log2e + shift
+def _reduce_nonpos(x, log2e, shift, ln2_hi, ln2_lo):
+    """``x = n ln2 + r``: ``t`` (``n`` in its low bits) and ``r``; ``n * ln2_hi``
+    is exact."""
+    t = x * log2e + shift
     n = t - shift
-    r = xc - n * ln2_hi
+    r = x - n * ln2_hi
     return t, r - n * ln2_lo
 
 
+# Arguments below the underflow bound (masked entries: -inf, -1e4, ...) give
+# 0 by a select, and are computed as 0 meanwhile: computing them would make
+# subnormal intermediates, and on x86 each vector instruction with a subnormal
+# result takes a microcode assist (measured 17x slower when a vector has one
+# masked lane).  Results that are subnormal (above the bound) still take it.
 @njit(fastmath=EXACT_MATH, cache=True)
 def _exp_nonpos64(x):
-    t, r = _reduce_nonpos(x, _EXP64_LO, _LOG2E, _SHIFT64, _LN2_HI, _LN2_LO)
+    under = x < _EXP64_LO
+    t, r = _reduce_nonpos(0.0 if under else x, _LOG2E, _SHIFT64, _LN2_HI, _LN2_LO)
     p = _poly64(r)
     k = (float_to_bits(t) - np.int64(_SHIFT64_BITS - _BIAS64)) << np.int64(52)
-    return bits_to_float(float_to_bits(p) + k) * 2.0**-_BIAS64
+    e = bits_to_float(float_to_bits(p) + k) * 2.0**-_BIAS64
+    return 0.0 if under else e
 
 
 @njit(fastmath=EXACT_MATH, cache=True)
 def _exp_nonpos32(x):
-    t, r = _reduce_nonpos(x, _EXP32_LO, _LOG2E_F, _SHIFT32, _LN2_HI_F, _LN2_LO_F)
+    under = x < _EXP32_LO
+    t, r = _reduce_nonpos(_F32(0.0) if under else x, _LOG2E_F, _SHIFT32, _LN2_HI_F, _LN2_LO_F)
     p = _poly32(r)
     k = np.int32((float_to_bits(t) - np.int32(_SHIFT32_BITS - _BIAS32)) << np.int32(23))
-    return bits_to_float(np.int32(float_to_bits(p) + k)) * _F32(2.0**-_BIAS32)
+    e = bits_to_float(np.int32(float_to_bits(p) + k)) * _F32(2.0**-_BIAS32)
+    return _F32(0.0) if under else e
 
 
 def exp_nonpos(x):  # pragma: no cover - replaced by the overload in jitted code

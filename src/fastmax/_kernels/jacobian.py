@@ -13,7 +13,8 @@ import numpy as np
 from numba import njit, prange
 
 from .._config import EXACT_MATH, FASTMATH, JIT
-from ._math import exp, like
+from ._math import exp, is_single, like, ordered_sum, stack_array
+from .reduce import ACC_RUN
 from .schedule import chunk_of, driver
 from .softmax import same_buffer
 
@@ -22,18 +23,38 @@ LOG_JVP = 1
 LOG_VJP = 2
 
 
-@njit(fastmath=FASTMATH, **JIT)
-def row_sum(y, v, mode):
-    s = 0.0
+@njit(fastmath=FASTMATH, inline="always", **JIT)
+def _terms_run(y, v, buf, mode):
     if mode == SOFTMAX:
         for i in range(y.size):
-            s += np.float64(y[i] * v[i])
-    elif mode == LOG_JVP:
-        for i in range(y.size):
-            s += np.float64(exp(y[i]) * v[i])
+            buf[i] = y[i] * v[i]
     else:
-        for i in range(v.size):
-            s += np.float64(v[i])
+        for i in range(y.size):
+            buf[i] = exp(y[i]) * v[i]
+
+
+@njit(fastmath=FASTMATH, **JIT)
+def row_sum(y, v, mode):
+    """The row's sum of the mode's terms, as float64.  float32 terms are
+    summed by :func:`ordered_sum` over runs of ``ACC_RUN`` (in float32 lanes,
+    in a fixed order), float64 ones in the loop."""
+    if mode == LOG_VJP:
+        return ordered_sum(v)
+    s = 0.0
+    if not is_single(y):
+        if mode == SOFTMAX:
+            for i in range(y.size):
+                s += np.float64(y[i] * v[i])
+        else:
+            for i in range(y.size):
+                s += np.float64(exp(y[i]) * v[i])
+        return s
+    buf = stack_array(ACC_RUN, y[0])
+    n = y.size
+    for i0 in range(0, n, ACC_RUN):
+        i1 = min(i0 + ACC_RUN, n)
+        _terms_run(y[i0:i1], v[i0:i1], buf, mode)
+        s += ordered_sum(buf[: i1 - i0])
     return s
 
 
