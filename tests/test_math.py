@@ -151,12 +151,13 @@ def _ordered_sum_reference(x):
     lanes = parts[0]
     for i in range(n_wide, n_lanes, SUM_LANES):
         lanes = lanes + x[i : i + SUM_LANES]
-    total = 0.0
-    for v in lanes:
-        total += float(v)
-    for v in x[n_lanes:]:
-        total += float(v)
-    return total
+    tail = np.zeros(SUM_LANES, x.dtype)
+    tail[: n - n_lanes] = x[n_lanes:]
+    lanes = (lanes + tail).astype(np.float64)
+    while lanes.size > 1:
+        half = lanes.size // 2
+        lanes = lanes[:half] + lanes[half:]
+    return float(lanes[0])
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 from dataclasses import dataclass
@@ -63,9 +64,11 @@ def _number(value: Any, name: str, func: str, lo: float, hi: float) -> float:
 _NATIVE = (np.dtype(np.float32), np.dtype(np.float64))
 
 
+@functools.lru_cache(maxsize=64)
 def _unit_weights(n_classes: int, dtype) -> np.ndarray:
     """Weights of 1 for every class without an array of C ones (a read-only
-    view of one element: vocabularies can be as large as the logits' rows)."""
+    view of one element: vocabularies can be as large as the logits' rows).
+    Read-only, so one per (C, dtype) is shared between calls."""
     return np.broadcast_to(np.ones(1, dtype), (n_classes,))
 
 
@@ -466,6 +469,18 @@ def _run(pb: _Problem, grad_rows: np.ndarray | None, scale, scale_z):
 
 
 def _reduce(pb: _Problem, part_a: np.ndarray, part_z: np.ndarray):
+    if pb.reduction != "none" and not pb.z_loss:  # the common call, without errstate
+        total = float(part_a.sum())
+        if pb.reduction == "mean":
+            d = pb.denominator
+            # As float64 division: x / 0 is NaN for x = 0 or NaN, else ±inf.
+            if d != 0:
+                total = total / d
+            elif total == 0 or total != total:
+                total = math.nan
+            else:
+                total = math.copysign(math.inf, total) * math.copysign(1.0, d)
+        return pb.rdt.type(total)
     with np.errstate(invalid="ignore", divide="ignore"):
         if pb.reduction == "none":
             loss = part_a + pb.z_loss * part_z if pb.z_loss else part_a

@@ -447,8 +447,9 @@ def ordered_sum(typingctx, arr):
     Chunks of ``SUM_LANES * SUM_ACCUMULATORS`` elements are added lane by
     lane into that many accumulators (in the array's type); the accumulators
     are added into one in a fixed tree, which then takes the remaining whole
-    chunks of ``SUM_LANES``; its lanes and the last ``size % SUM_LANES``
-    elements are added one by one in float64.
+    chunks of ``SUM_LANES`` and, in its first lanes, the last
+    ``size % SUM_LANES`` elements; its lanes are then added in float64 by
+    halves (lanes ``j`` and ``j + half``) down to one.
 
     A vectorized reduction in a jitted loop runs in whatever order LLVM's
     vectorizer picks for the function it is compiled into, which was measured
@@ -522,16 +523,32 @@ def ordered_sum(typingctx, arr):
                     lane_sums(True)
                 with otherwise:
                     lane_sums(False)
+        # The last n % SUM_LANES elements go to the first lanes (the others 0).
+        with builder.if_then(builder.icmp_signed("<", n_lanes, n)):
+            vty = ir.VectorType(elt, lanes)
+            tail = ir.Constant(vty, [0.0] * lanes)
+            last = builder.sub(n, intp(1))
+            for j in range(lanes):
+                index = builder.add(n_lanes, intp(j))
+                inside = builder.icmp_signed("<", index, n)
+                v = builder.load(element_ptr(builder.select(inside, index, last)))
+                v = builder.select(inside, v, ir.Constant(elt, 0.0))
+                tail = builder.insert_element(tail, v, i32(j))
+            builder.store(builder.fadd(builder.load(acc), tail), acc)
         vec = builder.load(acc)
-        total = f64(0.0)
-        for j in range(lanes):
-            lane = builder.extract_element(vec, i32(j))
-            total = builder.fadd(total, lane if elt == f64 else builder.fpext(lane, f64))
-        result = cgutils.alloca_once_value(builder, total)
-        with cgutils.for_range_slice(builder, n_lanes, n, intp(1)) as (i, _):
-            v = builder.load(element_ptr(i))
-            v = v if elt == f64 else builder.fpext(v, f64)
-            builder.store(builder.fadd(builder.load(result), v), result)
-        return builder.load(result)
+        if elt != f64:
+            vec = builder.fpext(vec, ir.VectorType(f64, lanes))
+        width = lanes
+        while width > 1:  # a fixed tree: halves added lane by lane, in float64
+            half = width // 2
+            low = builder.shuffle_vector(
+                vec, vec, ir.Constant(ir.VectorType(i32, half), list(range(half)))
+            )
+            high = builder.shuffle_vector(
+                vec, vec, ir.Constant(ir.VectorType(i32, half), list(range(half, width)))
+            )
+            vec = builder.fadd(low, high)
+            width = half
+        return builder.extract_element(vec, i32(0))
 
     return types.float64(arr), codegen
