@@ -27,7 +27,10 @@ def _hardmax_rows(src: np.ndarray, dst: np.ndarray) -> None:
     elif (
         src.shape[1] > 1 and unit_stride(src, 0) and unit_stride(dst, 0) and not unit_stride(src, 1)
     ):
-        K.hardmax_cols(src.size, src.T, dst.T, column_chunks(src.shape[1]))
+        chunks = column_chunks(src.shape[1])
+        best = np.empty((chunks + 1, src.shape[0]), src.dtype)
+        index = np.empty((chunks + 1, src.shape[0]), np.int64)
+        K.hardmax_cols(src.size, src.T, dst.T, chunks, best, index)
     elif src.size >= 2 * SPLIT_CHUNK and split_rows(*src.shape):
         K.hardmax_rows_split(src.size, src, dst, SPLIT_CHUNK)
     else:

@@ -31,7 +31,9 @@ def _run(y: np.ndarray, v: np.ndarray, out: np.ndarray, mode: int) -> None:
         and unit_stride(v, 0)
         and unit_stride(out, 0)
     ):
-        K.jvp_cols(size, y.T, v.T, out.T, mode, column_chunks(out.shape[1]))
+        chunks = column_chunks(out.shape[1])
+        parts = np.zeros((chunks, out.shape[0]))
+        K.jvp_cols(size, y.T, v.T, out.T, mode, chunks, parts, np.empty(out.shape[0], out.dtype))
     elif S.fits_rows(y, out) and v.flags.c_contiguous:
         S.jvp_short_rows(size, y, v, out, mode, row_blocks(out.shape[0]))
     elif size >= 2 * SPLIT_CHUNK and split_rows(*out.shape):

@@ -53,7 +53,8 @@ def _softmax_rows(src: np.ndarray, dst: np.ndarray, mask, scale, log: bool) -> N
     if mask is None and S.fits_rows(src, dst):
         S.softmax_short_rows(size, src, dst, scale, log, row_blocks(n_rows))
     elif mask is None and size < PARALLEL_MIN_ELEMENTS and src.strides[1] == src.itemsize:
-        K.softmax_rows_small(src, dst, scale, log)
+        n_rows = src.shape[0]
+        K.softmax_rows_small(src, dst, scale, log, np.empty(n_rows, src.dtype), np.empty(n_rows))
     elif mask is not None:
         K.softmax_rows_masked(size, src, mask, dst, scale, log)
     elif unit_stride(src, 1) and unit_stride(dst, 1) and split_rows(n_rows, n_cols):
@@ -64,7 +65,8 @@ def _softmax_rows(src: np.ndarray, dst: np.ndarray, mask, scale, log: bool) -> N
         m, total = K.column_stats_chunked(
             size, xt, scale, chunks, column_block_rows(n_rows, src.itemsize)
         )
-        K.softmax_cols_write(size, xt, dst.T, scale, log, chunks, m, total)
+        shift, factor = np.empty((2, xt.shape[1]), src.dtype)  # one per column of xt
+        K.softmax_cols_write(size, xt, dst.T, scale, log, chunks, m, total, shift, factor)
     else:
         cached = cached_rows(n_cols, src.itemsize)
         K.softmax_rows(size, src, dst, scale, log, cached, row_blocks(n_rows))

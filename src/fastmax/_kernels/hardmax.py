@@ -48,14 +48,14 @@ def _takes_over(v, best):
     return (v > best) or (v != v and best == best)
 
 
-@driver(allocates=True)
-def hardmax_cols(x, out, n_chunks):
+@driver
+def hardmax_cols(x, out, n_chunks, best_parts, index_parts):
     """hardmax along axis 0 of a view whose rows are contiguous: the rows are
     split in chunks over the threads (sequential reads), SIMD runs across
-    columns, and the chunks' first maxima are merged in order."""
+    columns, and the chunks' first maxima are merged in order.  Scratch is
+    passed in (``(n_chunks + 1, n_cols)``: the data's type and int64), so the
+    per-row views need no reference counting."""
     n, n_cols = x.shape
-    best_parts = np.empty((n_chunks, n_cols), x.dtype)
-    index_parts = np.empty((n_chunks, n_cols), np.int64)
     for c in prange(n_chunks):
         i0 = c * n // n_chunks
         best = best_parts[c]
@@ -71,8 +71,11 @@ def hardmax_cols(x, out, n_chunks):
                 take = _takes_over(v, best[j])
                 best[j] = v if take else best[j]
                 index[j] = i if take else index[j]
-    index = index_parts[0].copy()
-    best = best_parts[0].copy()
+    index = index_parts[n_chunks]
+    best = best_parts[n_chunks]
+    for j in range(n_cols):
+        index[j] = index_parts[0, j]
+        best[j] = best_parts[0, j]
     for c in range(1, n_chunks):
         for j in range(n_cols):
             if _takes_over(best_parts[c, j], best[j]):

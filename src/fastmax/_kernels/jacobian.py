@@ -113,13 +113,14 @@ def jvp_rows(y, v, out, mode):
         write_row(y[r], v[r], out[r], like(s, out[r, 0]), mode)
 
 
-@driver(allocates=True)
-def jvp_cols(y, v, out, mode, n_chunks):
+@driver
+def jvp_cols(y, v, out, mode, n_chunks, parts, s):
     """Reduction along axis 0 of views whose rows are contiguous: rows split in
     chunks over the threads (sequential reads), partial sums merged in order,
-    SIMD across columns."""
+    SIMD across columns.  Scratch is passed in (``parts``: float64 zeros of
+    ``(n_chunks, n_cols)``; ``s``: the output's type), so the per-row views
+    need no reference counting."""
     n, n_cols = out.shape
-    parts = np.zeros((n_chunks, n_cols), np.float64)
     for c in prange(n_chunks):
         sums = parts[c]
         for i in range(c * n // n_chunks, (c + 1) * n // n_chunks):
@@ -134,7 +135,6 @@ def jvp_cols(y, v, out, mode, n_chunks):
             else:
                 for j in range(n_cols):
                     sums[j] += np.float64(vi[j])
-    s = np.empty(n_cols, out.dtype)
     for j in range(n_cols):
         total = 0.0
         for c in range(n_chunks):

@@ -32,6 +32,7 @@ from ._math import (
     like,
     log_pos,
     segment_allreduce,
+    stack_array,
 )
 from .hardmax import row_argmax, write_one_hot
 from .jacobian import LOG_JVP, SOFTMAX, row_sum, write_row_per_column
@@ -43,9 +44,11 @@ from .xent import xent_index_rows
 
 _xent_rows_serial = xent_index_rows.serial
 
-#: Elements per block (a multiple of every vector's lane count): with its two
+#: Elements per block (a multiple of every vector's lane count): with its
 #: scratch rows of the same size it stays in L1.
 BLOCK_ELEMENTS = 1024
+#: The most rows a block can have (2 classes).
+MAX_BLOCK_ROWS = BLOCK_ELEMENTS // 2
 
 
 def fits(n_cols: int, itemsize: int) -> bool:
@@ -138,7 +141,7 @@ def _softmax_write(xb, ob, scale, m, e, u, rows, log):
             ob[k] = e[k] * u[k]
 
 
-@driver(allocates=True)
+@driver
 def softmax_short_rows(x, out, scale, log, n_tasks):
     """softmax / log_softmax of the rows of ``x`` (C-contiguous, ``fits``)."""
     n_rows, n_cols = x.shape
@@ -147,10 +150,10 @@ def softmax_short_rows(x, out, scale, log, n_tasks):
     xf = x.reshape(-1)
     of = out.reshape(-1)
     for task in prange(n_tasks):
-        m = np.empty(BLOCK_ELEMENTS, x.dtype)
-        e = np.empty(BLOCK_ELEMENTS, x.dtype)
-        u = np.empty(BLOCK_ELEMENTS, x.dtype)
-        rows = np.empty(rows_per_block, x.dtype)
+        m = stack_array(BLOCK_ELEMENTS, x[0, 0])
+        e = stack_array(BLOCK_ELEMENTS, x[0, 0])
+        u = stack_array(BLOCK_ELEMENTS, x[0, 0])
+        rows = stack_array(MAX_BLOCK_ROWS, x[0, 0])[:rows_per_block]
         b0, b1 = block_bounds(task, n_blocks, n_tasks)
         for b in range(b0, b1):
             k0 = b * BLOCK_ELEMENTS
@@ -195,17 +198,17 @@ def _block_logsumexp(x, b, scale, m, e, u, row_m, row_u, out):
             out[i] = logsumexp_of_row(x[r0 + i], scale, row_m[i], row_u[i])
 
 
-@driver(allocates=True)
+@driver
 def logsumexp_short_rows(x, scale, res, n_tasks):
     """``res[r] = logsumexp(x[r] * scale)`` for rows that ``fits``."""
     n_rows, n_cols = x.shape
     rows_per_block, n_blocks = geometry(n_rows, n_cols)
     for task in prange(n_tasks):
-        m = np.empty(BLOCK_ELEMENTS, x.dtype)
-        e = np.empty(BLOCK_ELEMENTS, x.dtype)
-        u = np.empty(BLOCK_ELEMENTS, x.dtype)
-        row_m = np.empty(rows_per_block, np.float64)
-        row_u = np.empty(rows_per_block, np.float64)
+        m = stack_array(BLOCK_ELEMENTS, x[0, 0])
+        e = stack_array(BLOCK_ELEMENTS, x[0, 0])
+        u = stack_array(BLOCK_ELEMENTS, x[0, 0])
+        row_m = stack_array(MAX_BLOCK_ROWS, 0.0)[:rows_per_block]
+        row_u = stack_array(MAX_BLOCK_ROWS, 0.0)[:rows_per_block]
         b0, b1 = block_bounds(task, n_blocks, n_tasks)
         for b in range(b0, b1):
             r0 = b * rows_per_block
@@ -229,7 +232,7 @@ def _index_parts(x, target, w, ignore_index, lse, r0, part_a, part_z):
         part_z[r] = lse[i] * lse[i] if keep else 0.0
 
 
-@driver(allocates=True)
+@driver
 def xent_index_short_rows(x, target, w, ignore_index, part_a, part_z, n_tasks):
     """The cross-entropy forward of index targets without smoothing (see
     ``xent.py`` for the parts), for rows that ``fits``: each block's
@@ -238,18 +241,18 @@ def xent_index_short_rows(x, target, w, ignore_index, part_a, part_z, n_tasks):
     rows_per_block, n_blocks = geometry(n_rows, n_cols)
     one = like(1.0, x[0, 0])
     for task in prange(n_tasks):
-        m = np.empty(BLOCK_ELEMENTS, x.dtype)
-        e = np.empty(BLOCK_ELEMENTS, x.dtype)
-        u = np.empty(BLOCK_ELEMENTS, x.dtype)
-        row_m = np.empty(rows_per_block, np.float64)
-        row_u = np.empty(rows_per_block, np.float64)
-        lse = np.empty(rows_per_block, np.float64)
+        m = stack_array(BLOCK_ELEMENTS, x[0, 0])
+        e = stack_array(BLOCK_ELEMENTS, x[0, 0])
+        u = stack_array(BLOCK_ELEMENTS, x[0, 0])
+        row_m = stack_array(MAX_BLOCK_ROWS, 0.0)[:rows_per_block]
+        row_u = stack_array(MAX_BLOCK_ROWS, 0.0)[:rows_per_block]
+        lse = stack_array(MAX_BLOCK_ROWS, 0.0)[:rows_per_block]
         b0, b1 = block_bounds(task, n_blocks, n_tasks)
         for b in range(b0, b1):
             _block_logsumexp(x, b, one, m, e, u, row_m, row_u, lse)
             _index_parts(x, target, w, ignore_index, lse, b * rows_per_block, part_a, part_z)
     r0 = n_blocks * rows_per_block
-    lse = np.empty(n_rows - r0, np.float64)
+    lse = stack_array(MAX_BLOCK_ROWS, 0.0)[: n_rows - r0]
     for i in range(lse.size):
         mr, total = row_max_sumexp(x[r0 + i], one)
         lse[i] = logsumexp_of_row(x[r0 + i], one, mr, total)
@@ -283,7 +286,7 @@ def _first_max_lanes(xb, m, c, n_cols):
         segment_allreduce(c, c, k, n_cols, SEGMENT_FAST_MAX)
 
 
-@driver(allocates=True)
+@driver
 def hardmax_short_rows(x, out, n_tasks):
     """One-hot of ``np.argmax`` of each row, for rows that ``fits``."""
     n_rows, n_cols = x.shape
@@ -294,8 +297,8 @@ def hardmax_short_rows(x, out, n_tasks):
     one = like(1.0, of[0])
     zero = like(0.0, of[0])
     for task in prange(n_tasks):
-        m = np.empty(BLOCK_ELEMENTS, x.dtype)
-        c = np.empty(BLOCK_ELEMENTS, x.dtype)
+        m = stack_array(BLOCK_ELEMENTS, x[0, 0])
+        c = stack_array(BLOCK_ELEMENTS, x[0, 0])
         b0, b1 = block_bounds(task, n_blocks, n_tasks)
         for b in range(b0, b1):
             k0 = b * BLOCK_ELEMENTS
@@ -310,7 +313,7 @@ def hardmax_short_rows(x, out, n_tasks):
         write_one_hot(out[r], row_argmax(x[r]))
 
 
-@driver(allocates=True)
+@driver
 def xent_index_grad_short_rows(
     x, target, w, ignore_index, z_loss, part_a, part_z, out, scale, scale_z, n_tasks
 ):
@@ -329,11 +332,11 @@ def xent_index_grad_short_rows(
     of = out.reshape(-1)
     one = like(1.0, x[0, 0])
     for task in prange(n_tasks):
-        m = np.empty(BLOCK_ELEMENTS, x.dtype)
-        e = np.empty(BLOCK_ELEMENTS, x.dtype)
-        u = np.empty(BLOCK_ELEMENTS, x.dtype)
-        a_nll = np.empty(rows_per_block, np.float64)
-        rows = np.empty(rows_per_block, x.dtype)
+        m = stack_array(BLOCK_ELEMENTS, x[0, 0])
+        e = stack_array(BLOCK_ELEMENTS, x[0, 0])
+        u = stack_array(BLOCK_ELEMENTS, x[0, 0])
+        a_nll = stack_array(MAX_BLOCK_ROWS, 0.0)[:rows_per_block]
+        rows = stack_array(MAX_BLOCK_ROWS, x[0, 0])[:rows_per_block]
         b0, b1 = block_bounds(task, n_blocks, n_tasks)
         for b in range(b0, b1):
             k0 = b * BLOCK_ELEMENTS
@@ -413,7 +416,7 @@ def _jvp_terms(yb, vb, p, mode):
             p[k] = vb[k]
 
 
-@driver(allocates=True)
+@driver
 def jvp_short_rows(y, v, out, mode, n_tasks):
     """``jacobian.jvp_rows`` for rows that ``fits`` (``y``, ``v``, ``out``
     C-contiguous; ``out`` may be ``y`` or ``v``): per block, the terms, their
@@ -426,7 +429,7 @@ def jvp_short_rows(y, v, out, mode, n_tasks):
     vf = v.reshape(-1)
     of = out.reshape(-1)
     for task in prange(n_tasks):
-        p = np.empty(BLOCK_ELEMENTS, y.dtype)
+        p = stack_array(BLOCK_ELEMENTS, y[0, 0])
         b0, b1 = block_bounds(task, n_blocks, n_tasks)
         for b in range(b0, b1):
             k0 = b * BLOCK_ELEMENTS
