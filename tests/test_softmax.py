@@ -278,15 +278,40 @@ def test_float32_accuracy_on_a_4m_row(rng):
     np.testing.assert_allclose(fastmax.softmax(big, axis=-1)[0], exact, rtol=1e-5, atol=0)
 
 
-def test_results_do_not_depend_on_thread_count(rng):
-    x = rng.standard_normal((2, 3 * schedule.SPLIT_CHUNK + 5)).astype(np.float32)
-    y = rng.standard_normal((20_000, 50))
+def _thread_count_inputs(rng, dtype):
+    return {
+        "split": rng.standard_normal((2, 3 * schedule.SPLIT_CHUNK + 5)).astype(dtype),
+        "columns": rng.standard_normal((20_000, 50)).astype(dtype),
+        # Blocks of rows (a few per thread): each block's first row starts its
+        # pipeline, so a row is first or not depending on the thread count.
+        "rows": rng.standard_normal((300, 1500)).astype(dtype),
+    }
+
+
+def _thread_count_results(inputs):
+    x, y, z = inputs["split"], inputs["columns"], inputs["rows"]
+    labels = np.arange(z.shape[0]) % z.shape[1]
+    return [
+        fastmax.softmax(x),
+        fastmax.logsumexp(x),
+        fastmax.softmax(y, axis=0),
+        fastmax.softmax(z),
+        fastmax.log_softmax(z),
+        fastmax.logsumexp(z, axis=-1),
+        fastmax.softmax_vjp(fastmax.softmax(z), z),
+        *fastmax.softmax_cross_entropy_with_grad(z, labels),
+    ]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_results_do_not_depend_on_thread_count(dtype, rng):
+    inputs = _thread_count_inputs(rng, dtype)
     before = numba.get_num_threads()
     try:
         numba.set_num_threads(1)
-        one = [fastmax.softmax(x), fastmax.logsumexp(x), fastmax.softmax(y, axis=0)]
-        numba.set_num_threads(before)
-        many = [fastmax.softmax(x), fastmax.logsumexp(x), fastmax.softmax(y, axis=0)]
+        one = _thread_count_results(inputs)
+        numba.set_num_threads(max(2, before))
+        many = _thread_count_results(inputs)
     finally:
         numba.set_num_threads(before)
     for a, b in zip(one, many, strict=True):

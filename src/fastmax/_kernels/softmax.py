@@ -205,7 +205,8 @@ def softmax_rows_cached_block(x, out, scale, log, r0, r1):
     m_next = row_max(x[r0])
     if log:
         m = m_next * scale
-        total, m_next = sumexp_next_max(x[r0], x[min(r0 + 1, r1 - 1)], scale, m)
+        # The other rows' sums are ordered_sum's (in every dtype): this one too.
+        total, m_next = sumexp_next_max(x[r0], x[min(r0 + 1, r1 - 1)], scale, m, True)
         for r in range(r0, r1 - 1):
             shift, lsum = finish(m, total, True)
             m = m_next * scale
