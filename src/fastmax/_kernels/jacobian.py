@@ -38,9 +38,11 @@ def row_sum(y, v, mode):
     """The row's sum of the mode's terms, as float64.  float32 terms are
     summed by :func:`ordered_sum` over runs of ``ACC_RUN`` (in float32 lanes,
     in a fixed order), float64 ones in the loop."""
-    if mode == LOG_VJP:
-        return ordered_sum(v)
     s = 0.0
+    if mode == LOG_VJP:
+        for i0 in range(0, v.size, ACC_RUN):  # runs, for accuracy on long rows
+            s += ordered_sum(v[i0 : i0 + ACC_RUN])
+        return s
     if not is_single(y):
         if mode == SOFTMAX:
             for i in range(y.size):
