@@ -175,18 +175,30 @@ def softmax_short_rows(x, out, scale, log, n_tasks):
 
 
 @njit(fastmath=FASTMATH, **JIT)
-def _block_logsumexp(x, b, scale, m, e, u, row_m, row_u, out):
+def _rows_logsumexp(x, r0, scale, out):
+    """``out[i] = logsumexp(x[r0 + i] * scale)`` by the row kernels' rules (rows
+    that are not all finite, and rows after the last full block)."""
+    for i in range(out.size):
+        mr, total = row_max_sumexp(x[r0 + i], scale)
+        out[i] = logsumexp_of_row(x[r0 + i], scale, mr, total)
+
+
+@njit(fastmath=FASTMATH, **JIT)
+def _block_logsumexp(x, b, scale, out):
     """``out[i] = logsumexp(x[r0 + i] * scale)`` for the rows of block ``b``
-    (``r0`` its first row); ``m``, ``e``, ``u``, ``row_m``, ``row_u`` are scratch."""
+    (``r0`` its first row)."""
     n_cols = x.shape[1]
     rows_per_block, _ = geometry(x.shape[0], n_cols)
     r0 = b * rows_per_block
     k0 = b * BLOCK_ELEMENTS
+    m = stack_array(BLOCK_ELEMENTS, x[0, 0])
+    e = stack_array(BLOCK_ELEMENTS, x[0, 0])
+    u = stack_array(BLOCK_ELEMENTS, x[0, 0])
     if not _block_stats(x.reshape(-1)[k0 : k0 + BLOCK_ELEMENTS], scale, m, e, u, n_cols):
-        for i in range(rows_per_block):
-            mr, total = row_max_sumexp(x[r0 + i], scale)
-            out[i] = logsumexp_of_row(x[r0 + i], scale, mr, total)
+        _rows_logsumexp(x, r0, scale, out[:rows_per_block])
         return
+    row_m = stack_array(MAX_BLOCK_ROWS, 0.0)[:rows_per_block]
+    row_u = stack_array(MAX_BLOCK_ROWS, 0.0)[:rows_per_block]
     for i in range(rows_per_block):  # one lane per row, then the logs of those
         row_m[i] = m[i * n_cols]
         row_u[i] = u[i * n_cols]
@@ -204,18 +216,12 @@ def logsumexp_short_rows(x, scale, res, n_tasks):
     n_rows, n_cols = x.shape
     rows_per_block, n_blocks = geometry(n_rows, n_cols)
     for task in prange(n_tasks):
-        m = stack_array(BLOCK_ELEMENTS, x[0, 0])
-        e = stack_array(BLOCK_ELEMENTS, x[0, 0])
-        u = stack_array(BLOCK_ELEMENTS, x[0, 0])
-        row_m = stack_array(MAX_BLOCK_ROWS, 0.0)[:rows_per_block]
-        row_u = stack_array(MAX_BLOCK_ROWS, 0.0)[:rows_per_block]
         b0, b1 = block_bounds(task, n_blocks, n_tasks)
         for b in range(b0, b1):
             r0 = b * rows_per_block
-            _block_logsumexp(x, b, scale, m, e, u, row_m, row_u, res[r0 : r0 + rows_per_block])
-    for r in range(n_blocks * rows_per_block, n_rows):
-        mr, total = row_max_sumexp(x[r], scale)
-        res[r] = logsumexp_of_row(x[r], scale, mr, total)
+            _block_logsumexp(x, b, scale, res[r0 : r0 + rows_per_block])
+    r0 = n_blocks * rows_per_block
+    _rows_logsumexp(x, r0, scale, res[r0:])
 
 
 @njit(fastmath=FASTMATH, **JIT)
@@ -241,21 +247,14 @@ def xent_index_short_rows(x, target, w, ignore_index, part_a, part_z, n_tasks):
     rows_per_block, n_blocks = geometry(n_rows, n_cols)
     one = like(1.0, x[0, 0])
     for task in prange(n_tasks):
-        m = stack_array(BLOCK_ELEMENTS, x[0, 0])
-        e = stack_array(BLOCK_ELEMENTS, x[0, 0])
-        u = stack_array(BLOCK_ELEMENTS, x[0, 0])
-        row_m = stack_array(MAX_BLOCK_ROWS, 0.0)[:rows_per_block]
-        row_u = stack_array(MAX_BLOCK_ROWS, 0.0)[:rows_per_block]
         lse = stack_array(MAX_BLOCK_ROWS, 0.0)[:rows_per_block]
         b0, b1 = block_bounds(task, n_blocks, n_tasks)
         for b in range(b0, b1):
-            _block_logsumexp(x, b, one, m, e, u, row_m, row_u, lse)
+            _block_logsumexp(x, b, one, lse)
             _index_parts(x, target, w, ignore_index, lse, b * rows_per_block, part_a, part_z)
     r0 = n_blocks * rows_per_block
     lse = stack_array(MAX_BLOCK_ROWS, 0.0)[: n_rows - r0]
-    for i in range(lse.size):
-        mr, total = row_max_sumexp(x[r0 + i], one)
-        lse[i] = logsumexp_of_row(x[r0 + i], one, mr, total)
+    _rows_logsumexp(x, r0, one, lse)
     _index_parts(x, target, w, ignore_index, lse, r0, part_a, part_z)
 
 
