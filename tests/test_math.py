@@ -20,6 +20,7 @@ from fastmax._kernels._math import (
     VECTOR_BYTES,
     exp,
     exp_nonpos,
+    exp_term,
     fmaximum,
     is_single,
     ordered_sum,
@@ -41,9 +42,16 @@ def _exp_nonpos_loop(x, out):
         out[i] = exp_nonpos(x[i])
 
 
+def _exp_term_loop(x, out):
+    for i in range(x.size):
+        out[i] = exp_term(x[i])
+
+
 # Not cached: the assembly of cached code cannot be inspected.
 exp_loop = njit(fastmath=EXACT_MATH, cache=False)(_exp_loop)
 exp_nonpos_loop = njit(fastmath=EXACT_MATH, cache=False)(_exp_nonpos_loop)
+# exp_term serves sums in fast-math loops: tested in one.
+exp_term_loop = njit(fastmath=FASTMATH, cache=False)(_exp_term_loop)
 
 
 def _assert_close_to_np_exp(x, got, dtype):
@@ -106,8 +114,33 @@ def test_exp_nonpos_accuracy_over_its_range(dtype):
     _assert_close_to_np_exp(x, got, dtype)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_exp_term_accuracy_and_its_floor(dtype):
+    """exp_term serves the terms of a sum with a term 1: as exact as exp_nonpos
+    down to its bound, and below it (-inf included) a normal number < 2^-100
+    (never 0, NaN or a subnormal)."""
+    info = np.finfo(dtype)
+    bound = -86.0 if dtype == np.float32 else -700.0
+    x = np.concatenate(
+        [
+            np.linspace(bound, 0.0, 1_000_001),
+            -np.random.default_rng(0).uniform(0, 1, 100_000),
+            [0.0, -0.0, -info.tiny, info.eps],
+        ]
+    ).astype(dtype)
+    got = np.empty_like(x)
+    exp_term_loop(x, got)
+    ref = np.exp(x)
+    ulps = np.abs(got - ref) / np.spacing(ref)
+    assert ulps.max() <= ULP[dtype], ulps.max()
+    below = np.array([bound - 1e-3, bound - 20, -np.inf, -info.max], dtype)
+    low = np.empty_like(below)
+    exp_term_loop(below, low)
+    assert np.all(low >= info.tiny) and np.all(low < 2.0**-100), low
+
+
 def test_exp_loop_is_vectorized():
-    for loop in (exp_loop, exp_nonpos_loop):
+    for loop in (exp_loop, exp_nonpos_loop, exp_term_loop):
         for dtype in (np.float32, np.float64):
             loop(np.zeros(64, dtype), np.empty(64, dtype))
         for sig in loop.signatures:

@@ -289,6 +289,52 @@ def _exp_nonpos_overload(x):
     return None
 
 
+# --- exp of the terms of a sum ----------------------------------------------
+# A sum of ``exp(v - max(v))`` has a term equal to 1, so terms below 2^-100
+# cannot change it.  Clamping the argument at _TERM*_LO keeps every result a
+# normal number (no subnormal handling: 2^n is added straight into the exponent
+# field, whose bias the rounding constant's bits cancel) and replaces the
+# compare-and-select of exp_nonpos by a max: 5 fewer vector instructions of 20
+# (float32), measured 16% (float32) and 13% (float64) faster in an exp-sum loop.
+_TERM32_LO = _F32(-86.0)  # exp(-86) = 4.5e-38, a normal float32
+_TERM64_LO = -700.0  # exp(-700) = 9.9e-305, a normal float64
+
+
+@njit(fastmath=EXACT_MATH, cache=True)
+def _exp_term64(x):
+    xc = x if x > _TERM64_LO else _TERM64_LO
+    t, r = _reduce_nonpos(xc, _LOG2E, _SHIFT64, _LN2_HI, _LN2_LO)
+    # _SHIFT64_BITS << 52 is 0 modulo 2^64: t's bits shifted are n << 52.
+    return bits_to_float(float_to_bits(_poly64(r)) + (float_to_bits(t) << np.int64(52)))
+
+
+@njit(fastmath=EXACT_MATH, cache=True)
+def _exp_term32(x):
+    xc = x if x > _TERM32_LO else _TERM32_LO
+    t, r = _reduce_nonpos(xc, _LOG2E_F, _SHIFT32, _LN2_HI_F, _LN2_LO_F)
+    # _SHIFT32_BITS << 23 is 0 modulo 2^32: t's bits shifted are n << 23.
+    k = np.int32(float_to_bits(t) << np.int32(23))
+    return bits_to_float(np.int32(float_to_bits(_poly32(r)) + k))
+
+
+def exp_term(x):  # pragma: no cover - replaced by the overload in jitted code
+    return np.exp(x)
+
+
+@overload(exp_term, inline="always")
+def _exp_term_overload(x):
+    """``exp(x)`` for ``x <= 0``, as a term of a sum that has a term 1: as
+    accurate as :func:`exp_nonpos` above the bound (-86 for float32, -700 for
+    float64); below it (-inf included) the result is ``exp(bound)``, a normal
+    number less than 2^-100 that no such sum can notice.  Only for sums: an
+    exponential that is stored or multiplied takes :func:`exp_nonpos`."""
+    if x == types.float64:
+        return lambda x: _exp_term64(x)
+    if x == types.float32:
+        return lambda x: _exp_term32(x)
+    return None
+
+
 def exp(x):  # pragma: no cover - replaced by the overload in jitted code
     return np.exp(x)
 

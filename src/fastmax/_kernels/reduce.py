@@ -26,7 +26,7 @@ import numpy as np
 from numba import njit
 
 from .._config import FASTMATH, JIT
-from ._math import exp_nonpos, fmaximum, is_single, like, ordered_sum, stack_array
+from ._math import exp_nonpos, exp_term, fmaximum, is_single, like, ordered_sum, stack_array
 
 #: Elements per block of the online max+sum: small enough to stay in L1.
 BLOCK = 2048
@@ -50,7 +50,7 @@ def row_max(x):
 @njit(fastmath=FASTMATH, inline="always", **JIT)
 def _sumexp_run(x, nxt, scale, shift, m_next, buf):
     for i in range(x.size):
-        buf[i] = exp_nonpos(x[i] * scale - shift)
+        buf[i] = exp_term(x[i] * scale - shift)
         m_next = fmaximum(m_next, nxt[i])
     return ordered_sum(buf[: x.size]), m_next
 
@@ -71,7 +71,7 @@ def sumexp_next_max(x, nxt, scale, shift, ordered=False):
     if not is_single(x) and not ordered:
         total = 0.0
         for i in range(x.size):
-            total += np.float64(exp_nonpos(x[i] * scale - shift))
+            total += np.float64(exp_term(x[i] * scale - shift))
             m_next = fmaximum(m_next, nxt[i])
         return total, m_next
     buf = stack_array(ACC_RUN, shift)

@@ -22,6 +22,7 @@ from ._math import (
     data_address,
     exp,
     exp_nonpos,
+    exp_term,
     fmaximum,
     is_single,
     like,
@@ -156,7 +157,7 @@ def exp_store_sum_next_max(x, out, nxt, scale, m, in_place):
 def _log_write_exp_loop(x, out, scale, shift, lsum, y, nxt, m, m_next, buf):
     for i in range(x.size):
         out[i] = (x[i] * scale - shift) - lsum
-        buf[i] = exp_nonpos(y[i] * scale - m)
+        buf[i] = exp_term(y[i] * scale - m)
         m_next = fmaximum(m_next, nxt[i])
     return m_next
 
@@ -353,13 +354,13 @@ def _column_block_max(x, i0, i1, block_max):
 @njit(fastmath=FASTMATH, inline="always", **JIT)
 def _column_sumexp_row(row, scale, shift, part):
     for j in range(row.size):
-        part[j] += exp_nonpos(row[j] * scale - shift[j])
+        part[j] += exp_term(row[j] * scale - shift[j])
 
 
 @njit(fastmath=FASTMATH, inline="always", **JIT)
 def _column_sumexp_next_max_row(row, scale, shift, part, nxt, next_max):
     for j in range(row.size):
-        part[j] += exp_nonpos(row[j] * scale - shift[j])
+        part[j] += exp_term(row[j] * scale - shift[j])
         next_max[j] = fmaximum(next_max[j], nxt[j])
 
 
