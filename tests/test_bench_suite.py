@@ -62,3 +62,22 @@ def test_masked_inputs_benchmark_runs(suite):
         bench.setup(*combo)
         assert bench.masked[0, 0] == float(combo[2])  # the mask is in the timed input
         assert bench.track_masked_over_plain(*combo) > 0
+
+
+def test_paired_time_takes_the_median_of_per_round_ratios():
+    """The CLI's floor ratio: each round times the op and then the floor; the
+    ratio is the median of the rounds' ratios, not a ratio of medians."""
+    import time
+
+    from fastmax import _bench
+
+    # A warm-up call of each, then rounds (op, floor) with ratios 12, 1 and 1.
+    durations = iter([0.002, 0.002, 0.012, 0.001, 0.002, 0.002, 0.004, 0.004])
+
+    def slept():
+        time.sleep(next(durations))
+
+    paired = _bench.paired_time(slept, [slept], repeat=3, min_sample=0.0)
+    assert 0.8 <= paired.ratio <= 1.3  # the ratio of the medians would be 2
+    assert 0.0038 <= paired.time <= 0.0055
+    assert 0.0019 <= paired.floor <= 0.0035

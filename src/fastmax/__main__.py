@@ -259,11 +259,23 @@ def _measure(
     # with ``out=`` (or in place); speed-ups compare allocating calls with
     # allocating calls (a fresh output costs page faults).
     t_alloc = timed(lambda: op.fastmax(*args, axis=axis))
-    t_fm = t_alloc
     if op.fastmax_out is not None:
         out = np.empty_like(x)
-        t_fm = timed(lambda: op.fastmax_out(args, axis, out))
-    floor_t = (floor.copy if op.floor == "copy" else floor.read) * op.floor_factor
+
+        def fm_call():
+            return op.fastmax_out(args, axis, out)
+    else:
+
+        def fm_call():
+            return op.fastmax(*args, axis=axis)
+
+    # The floor ratio comes from rounds that time fastmax and then the floor,
+    # alternately (see _bench.paired_time): bandwidth drifts during a run.
+    with np.errstate(all="ignore"):
+        fm_call()
+        paired = _bench.paired_time(fm_call, floor[op.floor], repeat)
+    t_fm = paired.time
+    floor_t = paired.floor * op.floor_factor
     nbytes = x.nbytes * (2 if op.floor == "copy" else 1) * op.floor_factor
     small_enough = baselines and x.nbytes <= 600 * 2**20
     few = max(3, repeat // 3)
@@ -286,7 +298,7 @@ def _measure(
         fastmax_ms=t_fm * 1e3,
         fastmax_alloc_ms=t_alloc * 1e3,
         floor_ms=floor_t * 1e3,
-        floor_ratio=t_fm / floor_t,
+        floor_ratio=paired.ratio / op.floor_factor,
         gb_per_s=_bench.gigabytes_per_second(nbytes, t_fm),
         scipy_ms=ms(t_sp),
         numpy_ms=ms(t_np),
@@ -303,12 +315,12 @@ def run_speed(ops, shapes, dtypes, repeat, baselines, torch) -> list[Row]:
     for cls, (shape, axis) in shapes.items():
         for dtype in dtypes:
             x = _bench.input_array(shape, dtype)
-            floor = _bench.floors(x, repeat)
+            floor, _dst = _bench.floor_fns(x)
             for op in ops.values():
                 _progress(done, total, f"{op.name} {np.dtype(dtype).name} {cls}")
                 rows.append(_measure(op, x, axis, cls, floor, repeat, baselines, torch))
                 done += 1
-            del x
+            del x, floor, _dst
     _progress(total, total, "done")
     return rows
 
@@ -507,8 +519,9 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(rows))
     print(
         "\n× floor: time with out= (hardmax: in place) over the copy floor, the read floor\n"
-        "(logsumexp) or 1.5 copy floors (softmax_vjp: two inputs), measured in this run; 1.0 is\n"
-        "the memory-bandwidth limit. Speed-ups compare allocating calls. PyTorch: F.softmax,\n"
+        "(logsumexp) or 1.5 copy floors (softmax_vjp: two inputs): the median over rounds that\n"
+        "time fastmax and then the floor on the same array, alternately; 1.0 is the\n"
+        "memory-bandwidth limit. Speed-ups compare allocating calls. PyTorch: F.softmax,\n"
         "F.log_softmax, torch.logsumexp, zeros_like().scatter_(argmax), _softmax_backward_data,\n"
         "F.cross_entropy (xent) and F.cross_entropy(...).backward() (xent_fused: fastmax's\n"
         "fused loss+gradient, in place over the logits for the floor ratio)."

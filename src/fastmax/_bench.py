@@ -89,18 +89,76 @@ class Floors:
     read: float
 
 
-def floors(x: np.ndarray, repeat: int) -> Floors:
-    """The copy floor (best of ``np.copyto`` and a parallel copy) and the read floor."""
+def floor_fns(x: np.ndarray) -> tuple[dict[str, list[Callable[[], object]]], np.ndarray]:
+    """The calls that define the floors of ``x``: the copy floor is the faster
+    of ``np.copyto`` and a parallel copy, the read floor a parallel read.
+    Returns them by floor name, and the destination array they write."""
     flat = x.reshape(-1)
     dst = np.empty_like(flat)
     parallel_copy(flat, dst)
     parallel_read(flat)
-    copy = min(
-        median_time(lambda: np.copyto(dst, flat), repeat),
-        median_time(lambda: parallel_copy(flat, dst), repeat),
-    )
-    read = median_time(lambda: parallel_read(flat), repeat)
+    fns = {
+        "copy": [lambda: np.copyto(dst, flat), lambda: parallel_copy(flat, dst)],
+        "read": [lambda: parallel_read(flat)],
+    }
+    return fns, dst
+
+
+def floors(x: np.ndarray, repeat: int) -> Floors:
+    """The copy floor (best of ``np.copyto`` and a parallel copy) and the read floor."""
+    fns, _ = floor_fns(x)
+    copy = min(median_time(fn, repeat) for fn in fns["copy"])
+    read = median_time(fns["read"][0], repeat)
     return Floors(copy=copy, read=read)
+
+
+@dataclass
+class Paired:
+    time: float  # median time of the op
+    floor: float  # median time of the floor
+    ratio: float  # median over rounds of op time / floor time in that round
+
+
+def paired_time(
+    fn: Callable[[], object],
+    floor: list[Callable[[], object]],
+    repeat: int,
+    budget: float = 3.0,
+    min_sample: float = 2e-3,
+) -> Paired:
+    """Time ``fn`` against a floor in alternating rounds: each round times
+    ``fn``, then each floor call (the round's floor is the fastest), so that a
+    change of the machine's memory bandwidth between rounds (2x from one
+    minute to the next on shared machines) changes both sides of a round's
+    ratio.  The ratio is the median of the rounds' ratios.  Calls shorter
+    than ``min_sample`` are timed in batches, as in :func:`median_time`."""
+
+    def batch(f: Callable[[], object]) -> int:
+        t0 = time.perf_counter()
+        f()
+        return max(1, min(1000, int(min_sample / max(time.perf_counter() - t0, 1e-7))))
+
+    def sample(f: Callable[[], object], calls: int) -> float:
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            f()
+        return (time.perf_counter() - t0) / calls
+
+    calls = batch(fn)
+    floor_calls = [batch(f) for f in floor]
+    times, floor_times = [], []
+    start = time.perf_counter()
+    for _ in range(repeat):
+        times.append(sample(fn, calls))
+        floor_times.append(min(sample(f, c) for f, c in zip(floor, floor_calls, strict=True)))
+        if time.perf_counter() - start > budget and len(times) >= 3:
+            break
+    ratios = np.array(times) / np.array(floor_times)
+    return Paired(
+        time=float(np.median(times)),
+        floor=float(np.median(floor_times)),
+        ratio=float(np.median(ratios)),
+    )
 
 
 def input_array(shape: tuple[int, ...], dtype, seed: int = 0) -> np.ndarray:
