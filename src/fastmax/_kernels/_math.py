@@ -76,6 +76,45 @@ def data_address(typingctx, arr):
 
 
 @intrinsic
+def prefetch_line(typingctx, arr, i):
+    """Ask the CPU to bring the cache line of ``arr[i]`` into its caches
+    (``llvm.prefetch``: a hint, no fault on any address; compiled to nothing
+    where the CPU has no prefetch instruction).  ``i`` is not bounds-checked."""
+    if not isinstance(arr, types.Array) or not isinstance(i, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        arrty = signature.args[0]
+        ary = context.make_array(arrty)(context, builder, args[0])
+        index = context.cast(builder, args[1], signature.args[1], types.intp)
+        ptr = cgutils.get_item_pointer(context, builder, arrty, ary, [index])
+        i8p = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fn = builder.module.declare_intrinsic(
+            "llvm.prefetch", [i8p], ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+        )
+        # read (0), high temporal locality (3), data cache (1)
+        builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return types.none(arr, i), codegen
+
+
+#: Bytes of a cache line (64 on every x86-64 and most ARM64 CPUs).
+CACHE_LINE = 64
+
+
+@njit(fastmath=EXACT_MATH, inline="always", cache=True)
+def prefetch(arr):
+    """:func:`prefetch_line` for every cache line of a 1-D contiguous array:
+    rows a loop will read soon, so that their memory reads overlap the
+    arithmetic of the rows before them (a few instructions per line)."""
+    step = max(1, CACHE_LINE // arr.itemsize)
+    for i in range(0, arr.size, step):
+        prefetch_line(arr, i)
+
+
+@intrinsic
 def fmaximum(typingctx, a, b):
     """NaN-propagating maximum of two floats of one type (``llvm.maximum``)."""
     if a != b or not isinstance(a, types.Float):

