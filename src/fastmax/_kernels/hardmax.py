@@ -64,13 +64,36 @@ def hardmax_cols(x, out, n_chunks, best_parts, index_parts):
         for j in range(n_cols):
             best[j] = row[j]
             index[j] = i0
-        for i in range(i0 + 1, (c + 1) * n // n_chunks):
-            row = x[i]
+        i1 = (c + 1) * n // n_chunks
+        i = i0 + 1
+        while i + 4 <= i1:  # four rows per pass over best and index
+            a = x[i]
+            b = x[i + 1]
+            d = x[i + 2]
+            e = x[i + 3]
+            for j in range(n_cols):
+                v = best[j]
+                k = index[j]
+                take = _takes_over(a[j], v)
+                v = a[j] if take else v
+                k = i if take else k
+                take = _takes_over(b[j], v)
+                v = b[j] if take else v
+                k = i + 1 if take else k
+                take = _takes_over(d[j], v)
+                v = d[j] if take else v
+                k = i + 2 if take else k
+                take = _takes_over(e[j], v)
+                best[j] = e[j] if take else v
+                index[j] = i + 3 if take else k
+            i += 4
+        for r in range(i, i1):
+            row = x[r]
             for j in range(n_cols):
                 v = row[j]
                 take = _takes_over(v, best[j])
                 best[j] = v if take else best[j]
-                index[j] = i if take else index[j]
+                index[j] = r if take else index[j]
     index = index_parts[n_chunks]
     best = best_parts[n_chunks]
     for j in range(n_cols):
