@@ -4,6 +4,7 @@ stack scratch arrays and the in-vector segment reductions."""
 
 from __future__ import annotations
 
+import platform
 import re
 
 import numpy as np
@@ -24,6 +25,7 @@ from fastmax._kernels._math import (
     fmaximum,
     is_single,
     ordered_sum,
+    prefetch,
     segment_allreduce,
     stack_array,
 )
@@ -259,3 +261,28 @@ def test_segment_allreduce(dtype, seg):
     out = np.empty_like(x)
     reduce_all(x, out, seg, 1)
     assert np.isnan(out[(3 // seg) * seg : (3 // seg + 1) * seg]).all()
+
+
+def _prefetched_sum(x):
+    prefetch(x)
+    total = 0.0
+    for i in range(x.size):
+        total += x[i]
+    return total
+
+
+prefetched_sum = njit(cache=False)(_prefetched_sum)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_prefetch_is_a_hint_that_changes_nothing(dtype):
+    """prefetch touches no element (any size, the empty array included) and
+    compiles to the CPU's prefetch instruction where there is one."""
+    for n in (0, 1, 15, 16, 17, 1000):
+        x = np.arange(n, dtype=dtype)
+        before = x.copy()
+        assert prefetched_sum(x) == float(before.sum(dtype=np.float64))
+        np.testing.assert_array_equal(x, before)
+    asm = prefetched_sum.inspect_asm(prefetched_sum.signatures[0])
+    instruction = r"\tprfm\s" if platform.machine() in ("aarch64", "arm64") else r"\tprefetch\w*\s"
+    assert re.search(instruction, asm), "no prefetch instruction"
