@@ -320,22 +320,17 @@ def _kernel(pb: _Problem, rows, index, probs, part_a, part_z, grad_rows, scale, 
         return
     # Small calls run serially: no thread-count query for their block count.
     n_blocks = row_blocks(rows.shape[0]) if rows.size >= PARALLEL_MIN_ELEMENTS else 1
+    forward_nll = index is not None and not write and pb.smoothing == 0.0
+    if forward_nll and short.fits_rows(rows):
+        # Many short rows: logsumexp with the rows reduced inside vectors.
+        short.xent_index_short_rows(
+            rows.size, rows, index, pb.weight, pb.ignore_index, part_a, part_z, n_blocks
+        )
+        return
     out = grad_rows if write else np.empty((1, rows.shape[1]), pb.cdt)
     scale = scale if write else np.empty(1)
     scale_z = scale_z if write else np.empty(1)
-    if index is not None and not write and pb.smoothing == 0.0 and short.fits_rows(rows):
-        # Many short rows: logsumexp with the rows reduced inside vectors.
-        short.xent_index_short_rows(
-            rows.size,
-            rows,
-            index,
-            pb.weight,
-            pb.ignore_index,
-            part_a,
-            part_z,
-            n_blocks,
-        )
-    elif index is not None and write and pb.smoothing == 0.0 and short.fits_rows(rows, out):
+    if index is not None and write and pb.smoothing == 0.0 and short.fits_rows(rows, out):
         short.xent_index_grad_short_rows(
             rows.size,
             rows,
@@ -425,6 +420,21 @@ def _run_chunks(pb: _Problem, grad_rows: np.ndarray | None, scale, scale_z):
     return np.array([sum_a]), np.array([sum_z])
 
 
+def _small_forward(pb: _Problem, grad_rows: np.ndarray | None) -> bool:
+    """Whether the forward of index targets without smoothing runs on a small
+    input with contiguous classes (of more than the short rows' sizes)."""
+    rows = pb.rows
+    return (
+        grad_rows is None
+        and pb.index is not None
+        and pb.smoothing == 0.0
+        and rows.size < PARALLEL_MIN_ELEMENTS
+        and rows.shape[0] <= K.SMALL_ROWS
+        and unit_stride(rows, 1)
+        and not short.fits_rows(rows)
+    )
+
+
 def _run(pb: _Problem, grad_rows: np.ndarray | None, scale, scale_z):
     """One pass of the kernel: per-sample parts, and the gradient if asked."""
     if _chunked(pb, grad_rows):
@@ -432,6 +442,14 @@ def _run(pb: _Problem, grad_rows: np.ndarray | None, scale, scale_z):
     n, n_classes = pb.rows.shape
     part_a = np.empty(n)
     part_z = np.empty(n)
+    if _small_forward(pb, grad_rows):
+        # The parts' sums come from the kernel, as 1-element parts (as _run_chunks).
+        sum_a, sum_z = K.xent_index_rows_small(
+            pb.rows, pb.index, pb.weight, pb.ignore_index, part_a, part_z
+        )
+        if pb.reduction == "none":
+            return part_a, part_z
+        return np.array([sum_a]), np.array([sum_z])
     contiguous = unit_stride(pb.rows, 1) and (grad_rows is None or unit_stride(grad_rows, 1))
     if contiguous or n == 1 or _columns(pb, pb.rows, pb.index, grad_rows):
         _kernel(pb, pb.rows, pb.index, pb.probs, part_a, part_z, grad_rows, scale, scale_z)
@@ -483,8 +501,9 @@ def _reduce(pb: _Problem, part_a: np.ndarray, part_z: np.ndarray):
         with np.errstate(invalid="ignore"):
             loss = part_a + pb.z_loss * part_z if pb.z_loss else part_a
         return loss.reshape(pb.target_shape).astype(pb.rdt)
-    total = float(part_a.sum())
-    z = float(part_z.sum()) if pb.z_loss else 0.0
+    # 1-element parts are sums already (the chunked and small paths).
+    total = float(part_a[0] if part_a.size == 1 else part_a.sum())
+    z = float(part_z[0] if part_z.size == 1 else part_z.sum()) if pb.z_loss else 0.0
     if pb.reduction == "mean":
         total = _divide(total, pb.denominator)
         if pb.z_loss:

@@ -134,7 +134,7 @@ def chunk_of(task, n_chunks, chunk, n_cols):
 
 def split_rows(n_rows: int, n_cols: int) -> bool:
     """Split rows across threads when there are too few rows to go round."""
-    return n_rows < 2 * numba.get_num_threads() and n_cols >= 2 * SPLIT_CHUNK
+    return n_cols >= 2 * SPLIT_CHUNK and n_rows < 2 * numba.get_num_threads()
 
 
 def row_blocks(n_rows: int) -> int:

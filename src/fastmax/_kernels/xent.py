@@ -27,7 +27,7 @@ import numpy as np
 from numba import njit, prange
 
 from .._config import EXACT_MATH, FASTMATH, JIT
-from ._math import exp_nonpos, fmaximum, like
+from ._math import exp_nonpos, fmaximum, like, stack_array
 from .reduce import lse_of_stats, row_max, sumexp_next_max
 from .schedule import block_bounds, chunk_of, driver
 from .softmax import exp_store_sum_next_max, same_buffer, write_row, write_row_per_column
@@ -228,6 +228,47 @@ def xent_index_rows(
                 one = like(1.0, m)
                 rescale_pass(orow, w, w, like(coef, m), like(a_smooth, m), one, one, False)
                 orow[t] -= like(a_nll, m)
+
+
+#: The most rows of :func:`xent_index_rows_small`.
+SMALL_ROWS = 2048
+
+
+@njit(fastmath=FASTMATH, **JIT)
+def xent_index_rows_small(x, target, w, ignore_index, part_a, part_z):
+    """The forward of :func:`xent_index_rows` (index targets, no smoothing)
+    for inputs that fit in cache, in three passes over all rows: the maxima,
+    the sums, the parts.  Rows are independent within a pass, so the CPU
+    overlaps them, which the pipelined kernel's row-to-row dependency
+    prevents (as in ``softmax_rows_small``); the sums are the same
+    :func:`sumexp_next_max` in the same order, so the results are the same
+    bits.  At most :data:`SMALL_ROWS` rows (scratch on the stack).  Returns
+    the sums of ``part_a`` and ``part_z`` (float64, in row order)."""
+    n = x.shape[0]
+    one = like(1.0, x[0, 0])
+    shift = stack_array(SMALL_ROWS, one)[:n]
+    total = stack_array(SMALL_ROWS, 0.0)[:n]
+    for r in range(n):
+        shift[r] = row_max(x[r])
+    for r in range(n):
+        m = shift[r]
+        s, _ = sumexp_next_max(x[r], x[r], one, m)
+        total[r] = s if math.isfinite(m) else math.nan
+    sum_a = 0.0
+    sum_z = 0.0
+    for r in range(n):
+        t = target[r]
+        if t == ignore_index:
+            part_a[r] = 0.0
+            part_z[r] = 0.0
+            continue
+        lse = lse_of_stats(shift[r], total[r])
+        a = np.float64(w[t]) * (lse - np.float64(x[r, t]))
+        part_a[r] = a
+        part_z[r] = lse * lse
+        sum_a += a
+        sum_z += lse * lse
+    return sum_a, sum_z
 
 
 @driver
