@@ -609,9 +609,11 @@ def ordered_sum(typingctx, arr):
                 with otherwise:
                     lane_sums(False)
         # The last n % SUM_LANES elements go to the first lanes (the others 0).
-        with builder.if_then(builder.icmp_signed("<", n_lanes, n)):
-            vty = ir.VectorType(elt, lanes)
-            tail = ir.Constant(vty, [0.0] * lanes)
+        vty = ir.VectorType(elt, lanes)
+        zero_lanes = ir.Constant(vty, [0.0] * lanes)
+
+        def gathered_tail():
+            tail = zero_lanes
             last = builder.sub(n, intp(1))
             for j in range(lanes):
                 index = builder.add(n_lanes, intp(j))
@@ -619,6 +621,32 @@ def ordered_sum(typingctx, arr):
                 v = builder.load(element_ptr(builder.select(inside, index, last)))
                 v = builder.select(inside, v, ir.Constant(elt, 0.0))
                 tail = builder.insert_element(tail, v, i32(j))
+            return tail
+
+        def masked_tail():
+            # One masked load (no access to the lanes past the end).
+            count = builder.trunc(builder.sub(n, n_lanes), i32)
+            lane_ids = ir.Constant(ir.VectorType(i32, lanes), list(range(lanes)))
+            limit = builder.insert_element(
+                ir.Constant(ir.VectorType(i32, lanes), ir.Undefined), count, i32(0)
+            )
+            limit = builder.shuffle_vector(
+                limit, limit, ir.Constant(ir.VectorType(i32, lanes), [0] * lanes)
+            )
+            mask = builder.icmp_signed("<", lane_ids, limit)
+            ptr = builder.bitcast(element_ptr(n_lanes), vty.as_pointer())
+            load = cgutils.get_or_insert_function(
+                builder.module,
+                ir.FunctionType(vty, [vty.as_pointer(), i32, mask.type, vty]),
+                f"llvm.masked.load.v{lanes}f{aryty.dtype.bitwidth}.p0",
+            )
+            return builder.call(load, [ptr, i32(1), mask, zero_lanes])
+
+        with builder.if_then(builder.icmp_signed("<", n_lanes, n)):
+            if aryty.layout == "C":
+                tail = masked_tail()
+            else:
+                tail = gathered_tail()
             builder.store(builder.fadd(builder.load(acc), tail), acc)
         vec = builder.load(acc)
         if elt != f64:
