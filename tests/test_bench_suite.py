@@ -81,3 +81,23 @@ def test_paired_time_takes_the_median_of_per_round_ratios():
     assert 0.8 <= paired.ratio <= 1.3  # the ratio of the medians would be 2
     assert 0.0038 <= paired.time <= 0.0055
     assert 0.0019 <= paired.floor <= 0.0035
+
+
+def test_warm_up_calls_until_the_time_stops_falling():
+    import time
+
+    from fastmax import _bench
+
+    durations = [0.012, 0.008, 0.003, 0.003, 0.001, 0.001]
+    calls = []
+
+    def slept():
+        calls.append(1)
+        time.sleep(durations[len(calls) - 1])
+
+    _bench.warm_up(slept)
+    assert len(calls) == 4  # 12, 8, 3 ms fall; the 4th (3 ms) does not
+    calls.clear()
+    durations[:] = [0.001] * 10
+    _bench.warm_up(slept, max_calls=3)
+    assert len(calls) == 2

@@ -252,7 +252,7 @@ def _measure(
 
     def timed(fn, n=repeat):
         with np.errstate(all="ignore"):
-            fn()  # compile / warm up outside the timing
+            _bench.warm_up(fn)  # compile, and page in the memory it allocates
             return _bench.median_time(fn, n)
 
     # The floor writes into an existing array, so the floor ratio times fastmax
