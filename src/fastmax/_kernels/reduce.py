@@ -32,7 +32,7 @@ from ._math import exp_nonpos, exp_term, fmaximum, is_single, like, ordered_sum,
 BLOCK = 2048
 #: Elements per run of a sum of exponentials: each run sums in the row's type
 #: (float32 sums run twice as fast as float64 ones), runs add up in float64.
-ACC_RUN = 1024
+ACC_RUN = 2048
 #: logsumexp results smaller than this are recomputed in SciPy's more precise
 #: form (below it, ``m + log(total)`` loses relative accuracy to cancellation).
 NEAR_ZERO = 1e-2

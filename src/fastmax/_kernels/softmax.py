@@ -41,6 +41,9 @@ from .reduce import (
 )
 from .schedule import chunk_of, driver
 
+#: The most terms of one float32 column sum (in row order) in the column kernels.
+COLUMN_TERMS = 1024
+
 PREFETCH_ROWS = 8
 
 
@@ -380,7 +383,7 @@ def column_stats(x, scale, i_lo, i_hi, block_rows, m, total, shift, block_max, p
     block's exponentials are computed, the next block is prefetched row by
     row (its memory reads overlap the arithmetic; its max is then taken from
     cache).  A block's sums run in the data's type, per column in row order
-    (no reduction across lanes: deterministic), at most ``ACC_RUN`` terms;
+    (no reduction across lanes: deterministic), at most :data:`COLUMN_TERMS` terms;
     blocks add up in float64.  ``shift``, ``block_max`` and ``part`` are
     scratch of a row's length."""
     n_cols = x.shape[1]
@@ -389,7 +392,7 @@ def column_stats(x, scale, i_lo, i_hi, block_rows, m, total, shift, block_max, p
     for j in range(n_cols):
         m[j] = neg_inf
         total[j] = 0.0
-    block_rows = min(block_rows, ACC_RUN)
+    block_rows = min(block_rows, COLUMN_TERMS)
     for i0 in range(i_lo, i_hi, block_rows):
         i1 = min(i0 + block_rows, i_hi)
         _column_block_max(x, i0, i1, block_max)
