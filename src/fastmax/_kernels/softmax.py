@@ -44,8 +44,6 @@ from .schedule import chunk_of, driver
 #: The most terms of one float32 column sum (in row order) in the column kernels.
 COLUMN_TERMS = 1024
 
-PREFETCH_ROWS = 8
-
 
 @njit(fastmath=FASTMATH, **JIT)
 def finish(m, total, log):
@@ -349,7 +347,7 @@ def logsumexp_of_stats(x, scale, m_rows, total_rows, res):
 @njit(fastmath=FASTMATH, **JIT)
 def _column_block_max(x, i0, i1, block_max):
     """Per-column max of rows ``i0:i1`` (NaN-propagating), four rows per pass
-    over ``block_max`` (measured 0.24 -> 0.13 cycles/element, float32)."""
+    over ``block_max`` (measured 0.24 -> 0.18 cycles/element, float32)."""
     row = x[i0]
     for j in range(row.size):
         block_max[j] = row[j]
