@@ -40,7 +40,7 @@ from .jacobian import write_row as jvp_write_row
 from .reduce import NEAR_ZERO, logsumexp_of_row, row_max_sumexp
 from .schedule import block_bounds, driver
 from .softmax import same_buffer, softmax_rows_cached_block
-from .xent import xent_index_rows
+from .xent import index_parts, xent_index_rows
 
 _xent_rows_serial = xent_index_rows.serial
 
@@ -224,20 +224,6 @@ def logsumexp_short_rows(x, scale, res, n_tasks):
     _rows_logsumexp(x, r0, scale, res[r0:])
 
 
-@njit(fastmath=FASTMATH, **JIT)
-def _index_parts(x, target, w, ignore_index, lse, r0, part_a, part_z):
-    """Per row: ``part_a = w[t] * (lse - x[t])`` and ``part_z = lse**2`` (0 for
-    ignored rows), without branches so that the loop vectorizes (gathers)."""
-    for i in range(lse.size):
-        r = r0 + i
-        t = target[r]
-        keep = t != ignore_index
-        tt = t if keep else 0
-        a = np.float64(w[tt]) * (lse[i] - np.float64(x[r, tt]))
-        part_a[r] = a if keep else 0.0
-        part_z[r] = lse[i] * lse[i] if keep else 0.0
-
-
 @driver
 def xent_index_short_rows(x, target, w, ignore_index, part_a, part_z, n_tasks):
     """The cross-entropy forward of index targets without smoothing (see
@@ -251,11 +237,11 @@ def xent_index_short_rows(x, target, w, ignore_index, part_a, part_z, n_tasks):
         b0, b1 = block_bounds(task, n_blocks, n_tasks)
         for b in range(b0, b1):
             _block_logsumexp(x, b, one, lse)
-            _index_parts(x, target, w, ignore_index, lse, b * rows_per_block, part_a, part_z)
+            index_parts(x, target, w, ignore_index, lse, b * rows_per_block, part_a, part_z)
     r0 = n_blocks * rows_per_block
     lse = stack_array(MAX_BLOCK_ROWS, 0.0)[: n_rows - r0]
     _rows_logsumexp(x, r0, one, lse)
-    _index_parts(x, target, w, ignore_index, lse, r0, part_a, part_z)
+    index_parts(x, target, w, ignore_index, lse, r0, part_a, part_z)
 
 
 @njit(fastmath=FASTMATH, **JIT)

@@ -27,7 +27,7 @@ import numpy as np
 from numba import njit, prange
 
 from .._config import EXACT_MATH, FASTMATH, JIT
-from ._math import exp_nonpos, fmaximum, like, stack_array
+from ._math import exp_nonpos, fmaximum, like, ordered_sum, stack_array
 from .reduce import lse_of_stats, row_max, sumexp_next_max
 from .schedule import block_bounds, chunk_of, driver
 from .softmax import exp_store_sum_next_max, same_buffer, write_row, write_row_per_column
@@ -230,6 +230,20 @@ def xent_index_rows(
                 orow[t] -= like(a_nll, m)
 
 
+@njit(fastmath=FASTMATH, **JIT)
+def index_parts(x, target, w, ignore_index, lse, r0, part_a, part_z):
+    """Per row: ``part_a = w[t] * (lse - x[t])`` and ``part_z = lse**2`` (0 for
+    ignored rows), without branches so that the loop vectorizes (gathers)."""
+    for i in range(lse.size):
+        r = r0 + i
+        t = target[r]
+        keep = t != ignore_index
+        tt = t if keep else 0
+        a = np.float64(w[tt]) * (lse[i] - np.float64(x[r, tt]))
+        part_a[r] = a if keep else 0.0
+        part_z[r] = lse[i] * lse[i] if keep else 0.0
+
+
 #: The most rows of :func:`xent_index_rows_small`.
 SMALL_ROWS = 2048
 
@@ -243,32 +257,18 @@ def xent_index_rows_small(x, target, w, ignore_index, part_a, part_z):
     prevents (as in ``softmax_rows_small``); the sums are the same
     :func:`sumexp_next_max` in the same order, so the results are the same
     bits.  At most :data:`SMALL_ROWS` rows (scratch on the stack).  Returns
-    the sums of ``part_a`` and ``part_z`` (float64, in row order)."""
+    the sums of ``part_a`` and ``part_z`` (:func:`ordered_sum`: a fixed order)."""
     n = x.shape[0]
     one = like(1.0, x[0, 0])
     shift = stack_array(SMALL_ROWS, one)[:n]
-    total = stack_array(SMALL_ROWS, 0.0)[:n]
+    lse = stack_array(SMALL_ROWS, 0.0)[:n]
     for r in range(n):
         shift[r] = row_max(x[r])
     for r in range(n):
-        m = shift[r]
-        s, _ = sumexp_next_max(x[r], x[r], one, m)
-        total[r] = s if math.isfinite(m) else math.nan
-    sum_a = 0.0
-    sum_z = 0.0
-    for r in range(n):
-        t = target[r]
-        if t == ignore_index:
-            part_a[r] = 0.0
-            part_z[r] = 0.0
-            continue
-        lse = lse_of_stats(shift[r], total[r])
-        a = np.float64(w[t]) * (lse - np.float64(x[r, t]))
-        part_a[r] = a
-        part_z[r] = lse * lse
-        sum_a += a
-        sum_z += lse * lse
-    return sum_a, sum_z
+        total, _ = sumexp_next_max(x[r], x[r], one, shift[r])
+        lse[r] = lse_of_stats(shift[r], total)  # a non-finite max passes through
+    index_parts(x, target, w, ignore_index, lse, 0, part_a, part_z)
+    return ordered_sum(part_a), ordered_sum(part_z)
 
 
 @driver
