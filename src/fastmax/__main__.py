@@ -258,23 +258,23 @@ def _measure(
     # The floor writes into an existing array, so the floor ratio times fastmax
     # with ``out=`` (or in place); speed-ups compare allocating calls with
     # allocating calls (a fresh output costs page faults).
-    t_alloc = timed(lambda: op.fastmax(*args, axis=axis))
+    def alloc_call():
+        return op.fastmax(*args, axis=axis)
+
+    fm_call = alloc_call  # ops without an out= form (reductions) are timed once
     if op.fastmax_out is not None:
         out = np.empty_like(x)
 
         def fm_call():
             return op.fastmax_out(args, axis, out)
-    else:
-
-        def fm_call():
-            return op.fastmax(*args, axis=axis)
 
     # The floor ratio comes from rounds that time fastmax and then the floor,
     # alternately (see _bench.paired_time): bandwidth drifts during a run.
     with np.errstate(all="ignore"):
-        fm_call()
+        _bench.warm_up(fm_call)
         paired = _bench.paired_time(fm_call, floor[op.floor], repeat)
     t_fm = paired.time
+    t_alloc = t_fm if fm_call is alloc_call else timed(alloc_call)
     floor_t = paired.floor * op.floor_factor
     nbytes = x.nbytes * (2 if op.floor == "copy" else 1) * op.floor_factor
     small_enough = baselines and x.nbytes <= 600 * 2**20
