@@ -48,6 +48,13 @@ def _takes_over(v, best):
     return (v > best) or (v != v and best == best)
 
 
+@njit(fastmath=FASTMATH, inline="always", **JIT)
+def _first_max(best, index, v, i):
+    """``(v, i)`` if row ``i``'s value ``v`` takes over from ``best``, else ``(best, index)``."""
+    take = _takes_over(v, best)
+    return (v if take else best), (i if take else index)
+
+
 @driver
 def hardmax_cols(x, out, n_chunks, best_parts, index_parts):
     """hardmax along axis 0 of a view whose rows are contiguous: the rows are
@@ -72,28 +79,15 @@ def hardmax_cols(x, out, n_chunks, best_parts, index_parts):
             d = x[i + 2]
             e = x[i + 3]
             for j in range(n_cols):
-                v = best[j]
-                k = index[j]
-                take = _takes_over(a[j], v)
-                v = a[j] if take else v
-                k = i if take else k
-                take = _takes_over(b[j], v)
-                v = b[j] if take else v
-                k = i + 1 if take else k
-                take = _takes_over(d[j], v)
-                v = d[j] if take else v
-                k = i + 2 if take else k
-                take = _takes_over(e[j], v)
-                best[j] = e[j] if take else v
-                index[j] = i + 3 if take else k
+                v, k = _first_max(best[j], index[j], a[j], i)
+                v, k = _first_max(v, k, b[j], i + 1)
+                v, k = _first_max(v, k, d[j], i + 2)
+                best[j], index[j] = _first_max(v, k, e[j], i + 3)
             i += 4
         for r in range(i, i1):
             row = x[r]
             for j in range(n_cols):
-                v = row[j]
-                take = _takes_over(v, best[j])
-                best[j] = v if take else best[j]
-                index[j] = r if take else index[j]
+                best[j], index[j] = _first_max(best[j], index[j], row[j], r)
     index = index_parts[n_chunks]
     best = best_parts[n_chunks]
     for j in range(n_cols):
