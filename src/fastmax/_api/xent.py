@@ -324,7 +324,7 @@ def _kernel(pb: _Problem, rows, index, probs, part_a, part_z, grad_rows, scale, 
     if forward_nll and short.fits_rows(rows):
         # Many short rows: logsumexp with the rows reduced inside vectors.
         short.xent_index_short_rows(
-            rows.size, rows, index, pb.weight, pb.ignore_index, part_a, part_z, n_blocks
+            rows.size, rows, index, pb.weight, pb.ignore_index, part_a, part_z, False, n_blocks
         )
         return
     out = grad_rows if write else np.empty((1, rows.shape[1]), pb.cdt)
@@ -340,6 +340,7 @@ def _kernel(pb: _Problem, rows, index, probs, part_a, part_z, grad_rows, scale, 
             pb.z_loss,
             part_a,
             part_z,
+            False,
             out,
             scale,
             scale_z,
@@ -435,8 +436,45 @@ def _small_forward(pb: _Problem, grad_rows: np.ndarray | None) -> bool:
     )
 
 
+def _short_sums(pb: _Problem, grad_rows: np.ndarray | None) -> bool:
+    """Whether a reduced loss of index targets without smoothing, on short
+    contiguous rows, runs in one call of the short-row kernels, which sum
+    the parts per block of rows instead of writing them per sample."""
+    return (
+        pb.reduction != "none"
+        and pb.index is not None
+        and pb.smoothing == 0.0
+        and short.fits_rows(pb.rows, grad_rows)
+        and (grad_rows is None or grad_rows.dtype == pb.rows.dtype)
+    )
+
+
+def _run_short_sums(pb: _Problem, grad_rows: np.ndarray | None, scale, scale_z):
+    """:func:`_run` for :func:`_short_sums` problems; returns the sums as
+    1-element parts.  The gradient's scales of "mean"/"sum" are one value
+    for every sample: a stride-0 view of it stands for the per-row array."""
+    rows = pb.rows
+    n = rows.shape[0]
+    n_parts = short.block_count(*rows.shape) + 1
+    part_a = np.empty(n_parts)
+    part_z = np.empty(n_parts)
+    n_blocks = row_blocks(n) if rows.size >= PARALLEL_MIN_ELEMENTS else 1
+    args = (rows.size, rows, pb.index, pb.weight, pb.ignore_index)
+    if grad_rows is None:
+        short.xent_index_short_rows(*args, part_a, part_z, True, n_blocks)
+    else:
+        scale = np.broadcast_to(scale[:1], n)
+        scale_z = np.broadcast_to(scale_z[:1], n)
+        short.xent_index_grad_short_rows(
+            *args, pb.z_loss, part_a, part_z, True, grad_rows, scale, scale_z, n_blocks
+        )
+    return np.array([part_a.sum()]), np.array([part_z.sum()])
+
+
 def _run(pb: _Problem, grad_rows: np.ndarray | None, scale, scale_z):
     """One pass of the kernel: per-sample parts, and the gradient if asked."""
+    if _short_sums(pb, grad_rows):
+        return _run_short_sums(pb, grad_rows, scale, scale_z)
     if _chunked(pb, grad_rows):
         return _run_chunks(pb, grad_rows, scale, scale_z)
     n, n_classes = pb.rows.shape

@@ -340,20 +340,28 @@ _TERM64_LO = -700.0  # exp(-700) = 9.9e-305, a normal float64
 
 
 @njit(fastmath=EXACT_MATH, cache=True)
-def _exp_term64(x):
-    xc = x if x > _TERM64_LO else _TERM64_LO
-    t, r = _reduce_nonpos(xc, _LOG2E, _SHIFT64, _LN2_HI, _LN2_LO)
+def _exp_bounded64(x):
+    t, r = _reduce_nonpos(x, _LOG2E, _SHIFT64, _LN2_HI, _LN2_LO)
     # _SHIFT64_BITS << 52 is 0 modulo 2^64: t's bits shifted are n << 52.
     return bits_to_float(float_to_bits(_poly64(r)) + (float_to_bits(t) << np.int64(52)))
 
 
 @njit(fastmath=EXACT_MATH, cache=True)
-def _exp_term32(x):
-    xc = x if x > _TERM32_LO else _TERM32_LO
-    t, r = _reduce_nonpos(xc, _LOG2E_F, _SHIFT32, _LN2_HI_F, _LN2_LO_F)
+def _exp_bounded32(x):
+    t, r = _reduce_nonpos(x, _LOG2E_F, _SHIFT32, _LN2_HI_F, _LN2_LO_F)
     # _SHIFT32_BITS << 23 is 0 modulo 2^32: t's bits shifted are n << 23.
     k = np.int32(float_to_bits(t) << np.int32(23))
     return bits_to_float(np.int32(float_to_bits(_poly32(r)) + k))
+
+
+@njit(fastmath=EXACT_MATH, cache=True)
+def _exp_term64(x):
+    return _exp_bounded64(x if x > _TERM64_LO else _TERM64_LO)
+
+
+@njit(fastmath=EXACT_MATH, cache=True)
+def _exp_term32(x):
+    return _exp_bounded32(x if x > _TERM32_LO else _TERM32_LO)
 
 
 def exp_term(x):  # pragma: no cover - replaced by the overload in jitted code
@@ -371,6 +379,44 @@ def _exp_term_overload(x):
         return lambda x: _exp_term64(x)
     if x == types.float32:
         return lambda x: _exp_term32(x)
+    return None
+
+
+#: The bound of :func:`exp_bounded`'s arguments (float32, float64): the sum
+#: of 16 exponentials of arguments up to it is finite, and the exponential of
+#: minus it is a normal number.
+EXP_BOUND32 = _F32(80.0)
+EXP_BOUND64 = 700.0
+
+
+def exp_bounded(x):  # pragma: no cover - replaced by the overload in jitted code
+    return np.exp(x)
+
+
+@overload(exp_bounded, inline="always")
+def _exp_bounded_overload(x):
+    """``exp(x)`` for ``|x| <= exp_bound(x)``, as accurate as :func:`exp`, with
+    no clamp, compare or select: ``2^n`` goes straight into the exponent
+    field.  Other arguments (NaN included) give unspecified values: callers
+    check the bound over their arguments and discard the results otherwise."""
+    if x == types.float64:
+        return lambda x: _exp_bounded64(x)
+    if x == types.float32:
+        return lambda x: _exp_bounded32(x)
+    return None
+
+
+def exp_bound(x):  # pragma: no cover - replaced by the overload in jitted code
+    return EXP_BOUND32 if np.asarray(x).dtype == np.float32 else EXP_BOUND64
+
+
+@overload(exp_bound, inline="always")
+def _exp_bound_overload(x):
+    """:func:`exp_bounded`'s bound in the type of ``x``."""
+    if x == types.float64:
+        return lambda x: EXP_BOUND64
+    if x == types.float32:
+        return lambda x: EXP_BOUND32
     return None
 
 
@@ -402,7 +448,7 @@ _LG = (
 _SQRT_HALF_BITS = 0x3FE6A09E00000000  # bits of ~sqrt(2)/2: splits the mantissa range
 
 
-@njit(fastmath=EXACT_MATH, cache=True)
+@njit(fastmath=EXACT_MATH, cache=True, error_model="numpy")
 def log_pos(x):
     """``log(x)`` in float64 for a positive, finite, normal float64 ``x``; it
     vectorizes (no libm call).  Other inputs give unspecified values."""
@@ -417,6 +463,63 @@ def log_pos(x):
     t2 = z * (_LG[0] + w * (_LG[2] + w * (_LG[4] + w * _LG[6])))
     dk = np.float64(k)
     return dk * _LN2_HI - ((hfsq - (s * (hfsq + (t1 + t2)) + dk * _LN2_LO)) - f)
+
+
+# log1p(f) = f + f^2 R(f) on [sqrt(1/2) - 1, sqrt(2) - 1]: R by a weighted
+# least-squares fit at 400 Chebyshev nodes (relative weight), degree 8; in
+# float32 arithmetic log1p comes out within 0.9 ulp.
+_LOG32_R = tuple(
+    _F32(c)
+    for c in (
+        -0.49999988079071045,
+        0.33333325386047363,
+        -0.2500157654285431,
+        0.20002056658267975,
+        -0.16609276831150055,
+        0.14180372655391693,
+        -0.13240033388137817,
+        0.129122793674469,
+        -0.07638198137283325,
+    )
+)
+_SQRT_HALF_BITS32 = 0x3F3504F3  # bits of sqrt(2)/2 in float32
+
+
+@njit(fastmath=EXACT_MATH, cache=True, error_model="numpy")
+def log_pos32(x):
+    """``log(x)`` in float32 for a positive, finite, normal float32 ``x``,
+    within about 1 ulp; no division, so a vector of 16 takes about 18
+    instructions (:func:`log_pos` in float64 takes two vectors and a
+    division).  Other inputs give unspecified values."""
+    bits = float_to_bits(x)
+    k = (bits - np.int32(_SQRT_HALF_BITS32)) >> np.int32(23)
+    f = bits_to_float(np.int32(bits - (k << np.int32(23)))) - _F32(1.0)
+    r = _LOG32_R[8]
+    r = r * f + _LOG32_R[7]
+    r = r * f + _LOG32_R[6]
+    r = r * f + _LOG32_R[5]
+    r = r * f + _LOG32_R[4]
+    r = r * f + _LOG32_R[3]
+    r = r * f + _LOG32_R[2]
+    r = r * f + _LOG32_R[1]
+    r = r * f + _LOG32_R[0]
+    dk = _F32(k)
+    return dk * _LN2_HI_F + (dk * _LN2_LO_F + (f + (f * f) * r))
+
+
+def log_positive(x):  # pragma: no cover - replaced by the overload in jitted code
+    return np.log(x)
+
+
+@overload(log_positive, inline="always")
+def _log_positive_overload(x):
+    """``log(x)`` of a positive normal number in its own type:
+    :func:`log_pos32` for float32, :func:`log_pos` for float64."""
+    if x == types.float64:
+        return lambda x: log_pos(x)
+    if x == types.float32:
+        return lambda x: log_pos32(x)
+    return None
 
 
 # --- row reductions inside one vector ---------------------------------------
@@ -484,6 +587,148 @@ def segment_allreduce(typingctx, src, dst, start, seg, op):
         return context.get_dummy_value()
 
     return types.none(src, dst, start, seg, op), codegen
+
+
+def _tree_masks(width, seg):
+    """The two shuffles of each level of :func:`segment_rows`: over the 2·width
+    lanes of two vectors whose rows are segments of ``s`` lanes (``s`` from
+    ``seg`` down to 2), the first halves of the segments in order, and the
+    second halves."""
+    levels = []
+    s = seg
+    while s > 1:
+        starts = range(0, 2 * width, s)
+        first = [j + i for j in starts for i in range(s // 2)]
+        second = [j + s // 2 + i for j in starts for i in range(s // 2)]
+        levels.append((first, second))
+        s //= 2
+    return levels
+
+
+def _segment_loops(context, builder, seg_v, chunks, width, body):
+    """For each supported segment length ``s`` (powers of two from 2 to
+    ``width``): if ``seg_v == s``, ``body(s, chunk)`` for every chunk index
+    below ``chunks(s)``.  Other lengths do nothing."""
+    s = 2
+    while s <= width:
+        with builder.if_then(builder.icmp_signed("==", seg_v, seg_v.type(s))):
+            count = chunks(s)
+            with cgutils.for_range(builder, count) as loop:
+                body(s, loop.index)
+        s *= 2
+
+
+def _vector_access(context, builder, aryty, value, width):
+    """A function from an element index of a 1-D C-contiguous array to a
+    pointer to the vector of ``width`` elements there."""
+    vty = ir.VectorType(context.get_data_type(aryty.dtype), width)
+    ary = context.make_array(aryty)(context, builder, value)
+
+    def pointer(index):
+        return builder.bitcast(builder.gep(ary.data, [index]), vty.as_pointer())
+
+    return pointer, ary
+
+
+def _segment_types(src, dst, seg):
+    if not isinstance(src, types.Array) or src.dtype not in (types.float32, types.float64):
+        return False
+    if not isinstance(dst, types.Array) or dst.dtype != src.dtype:
+        return False
+    return isinstance(seg, types.Integer)
+
+
+@intrinsic
+def segment_rows(typingctx, src, dst, seg, op):
+    """Row reductions of a block of rows of ``seg`` elements (a power of two,
+    2 up to the lane count; other values do nothing): ``dst[i]`` = the sum
+    (``op`` a literal ``SEGMENT_SUM``) or the max (any other ``SEGMENT_*``:
+    the machine's max, which may drop a NaN) of row ``i`` of ``src``.
+    ``src`` (1-D, C-contiguous) holds a whole number of ``seg`` vectors;
+    ``dst`` has ``src.size // seg`` elements.
+
+    A tree over whole vectors, ``seg`` vectors (``lanes`` rows) at a time:
+    each level pairs neighbouring vectors and combines the first halves of
+    their segments with the second halves (two shuffles and one operation
+    per pair), so ``seg`` vectors cost ``seg - 1`` operations and twice
+    that in shuffles, where :func:`segment_allreduce` costs ``log2(seg)``
+    of each per vector, and the results come out one per lane."""
+    if not _segment_types(src, dst, seg) or not isinstance(op, types.IntegerLiteral):
+        return None
+    width = VECTOR_BYTES // src.dtype.bitwidth * 8
+    operation = op.literal_value
+
+    def codegen(context, builder, signature, args):
+        src_v, dst_v, seg_v, _ = args
+        load_at, src_ary = _vector_access(context, builder, signature.args[0], src_v, width)
+        store_at, _ = _vector_access(context, builder, signature.args[1], dst_v, width)
+        idx_t = ir.VectorType(ir.IntType(32), width)
+        size = builder.extract_value(src_ary.shape, 0)
+
+        def combine(a, b):
+            if operation == SEGMENT_SUM:
+                return builder.fadd(a, b)
+            return builder.select(builder.fcmp_ordered(">", a, b), a, b)
+
+        def body(s, chunk):
+            first_index = builder.mul(chunk, chunk.type(s * width))
+            vecs = [
+                builder.load(load_at(builder.add(first_index, chunk.type(i * width))), align=1)
+                for i in range(s)
+            ]
+            for first, second in _tree_masks(width, s):
+                vecs = [
+                    combine(
+                        builder.shuffle_vector(vecs[i], vecs[i + 1], ir.Constant(idx_t, first)),
+                        builder.shuffle_vector(vecs[i], vecs[i + 1], ir.Constant(idx_t, second)),
+                    )
+                    for i in range(0, len(vecs), 2)
+                ]
+            builder.store(vecs[0], store_at(builder.mul(chunk, chunk.type(width))), align=1)
+
+        def chunks(s):
+            return builder.sdiv(size, size.type(s * width))
+
+        _segment_loops(context, builder, seg_v, chunks, width, body)
+        return context.get_dummy_value()
+
+    return types.none(src, dst, seg, op), codegen
+
+
+@intrinsic
+def segment_spread(typingctx, src, dst, seg):
+    """The inverse layout of :func:`segment_rows`: ``src[i]`` goes to all
+    ``seg`` elements of row ``i`` of ``dst`` (1-D, C-contiguous, a whole
+    number of ``seg`` vectors; ``src`` has ``dst.size // seg`` elements),
+    one permutation per vector."""
+    if not _segment_types(src, dst, seg):
+        return None
+    width = VECTOR_BYTES // src.dtype.bitwidth * 8
+
+    def codegen(context, builder, signature, args):
+        src_v, dst_v, seg_v = args
+        load_at, _ = _vector_access(context, builder, signature.args[0], src_v, width)
+        store_at, dst_ary = _vector_access(context, builder, signature.args[1], dst_v, width)
+        idx_t = ir.VectorType(ir.IntType(32), width)
+        size = builder.extract_value(dst_ary.shape, 0)
+
+        def body(s, chunk):
+            vals = builder.load(load_at(builder.mul(chunk, chunk.type(width))), align=1)
+            first_index = builder.mul(chunk, chunk.type(s * width))
+            for i in range(s):
+                lanes = [(i * width + j) // s for j in range(width)]
+                vec = builder.shuffle_vector(vals, vals, ir.Constant(idx_t, lanes))
+                builder.store(
+                    vec, store_at(builder.add(first_index, chunk.type(i * width))), align=1
+                )
+
+        def chunks(s):
+            return builder.sdiv(size, size.type(s * width))
+
+        _segment_loops(context, builder, seg_v, chunks, width, body)
+        return context.get_dummy_value()
+
+    return types.none(src, dst, seg), codegen
 
 
 @intrinsic

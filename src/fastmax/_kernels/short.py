@@ -19,19 +19,26 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .._config import FASTMATH, JIT
+from .._config import FASTMATH, JIT, ORDERED_MATH
 from ._math import (
     SEGMENT_FAST_MAX,
     SEGMENT_MAX,
     SEGMENT_SUM,
     VECTOR_BYTES,
     exp,
+    exp_bound,
+    exp_bounded,
     exp_nonpos,
     fmaximum,
     is_single,
     like,
     log_pos,
+    log_positive,
+    ordered_sum,
+    prefetch,
     segment_allreduce,
+    segment_rows,
+    segment_spread,
     stack_array,
 )
 from .hardmax import row_argmax, write_one_hot
@@ -47,6 +54,8 @@ _xent_rows_serial = xent_index_rows.serial
 #: Elements per block (a multiple of every vector's lane count): with its
 #: scratch rows of the same size it stays in L1.
 BLOCK_ELEMENTS = 1024
+#: Blocks ahead whose memory is prefetched.
+AHEAD = 4
 #: The most rows a block can have (2 classes).
 MAX_BLOCK_ROWS = BLOCK_ELEMENTS // 2
 
@@ -55,6 +64,18 @@ def fits(n_cols: int, itemsize: int) -> bool:
     """Whether rows of ``n_cols`` elements go to these kernels."""
     lanes = VECTOR_BYTES // itemsize
     return 2 <= n_cols <= lanes and n_cols & (n_cols - 1) == 0
+
+
+@njit(fastmath=FASTMATH, **JIT)
+def prefetch_block(arr, b, b1, size):
+    """Prefetch block ``b + AHEAD`` of a flat array of blocks of ``size``
+    elements if it is before ``b1``.  A block of rows is 4 KiB in float32,
+    one page: the hardware prefetchers stop at page boundaries, so every
+    block would begin with misses (logsumexp of 4M x 8 float32, one
+    thread: 2.5 -> 1.8 cycles per element)."""
+    if b + AHEAD < b1:
+        k1 = (b + AHEAD) * size
+        prefetch(arr[k1 : k1 + size])
 
 
 @njit(fastmath=FASTMATH, **JIT)
@@ -72,6 +93,24 @@ def fits_rows(src, dst=None) -> bool:
         and fits(src.shape[1], src.itemsize)
         and src.size >= BLOCK_ELEMENTS
     )
+
+
+@njit(fastmath=FASTMATH, **JIT)
+def _block_exp(xb, scale, e):
+    """``e = exp(xb * scale)`` by :func:`exp_bounded`, with no shift: True if
+    every ``|xb * scale|`` is within its bound (80 for float32, 700 for
+    float64), where no exponential of the block and no sum of a row's
+    overflows or leaves the normal range; False (``e`` unspecified) if one
+    is over it or NaN.  A row's sum then has the same rounding as the sum
+    shifted by the row's max (each term carries the relative error of its
+    exp), so ``log(sum)`` is the row's logsumexp without the max pass; the
+    caller takes the shifted path (:func:`_block_stats`) on False."""
+    worst = like(0.0, scale)
+    for k in range(xb.size):
+        v = xb[k] * scale
+        worst = fmaximum(worst, abs(v))  # NaN if any v is
+        e[k] = exp_bounded(v)
+    return worst <= exp_bound(scale)
 
 
 @njit(fastmath=FASTMATH, **JIT)
@@ -141,6 +180,56 @@ def _softmax_write(xb, ob, scale, m, e, u, rows, log):
             ob[k] = e[k] * u[k]
 
 
+@njit(fastmath=ORDERED_MATH, **JIT)
+def _log_write(xb, ob, scale, hi, lo):
+    """``ob = (v - hi) - lo`` in this order: ``hi + lo`` is a row's
+    ``log(sum(exp(v)))`` in float64, split into two floats (``v - hi`` is
+    nearly exact, as ``v - max`` is on the shifted path)."""
+    for k in range(xb.size):
+        ob[k] = (xb[k] * scale - hi[k]) - lo[k]
+
+
+@njit(fastmath=FASTMATH, **JIT)
+def _softmax_direct(xb, ob, scale, log, e, u, w, rows, lows):
+    """softmax / log_softmax of a block from :func:`_block_exp`'s ``e``: the
+    rows' sums (:func:`segment_rows`), per row the reciprocal or the log,
+    spread back to the row's lanes (:func:`segment_spread`), then one vector
+    pass.  The float64 log takes the shifted path (its ``v - log(sum)``
+    would lose the low bits of ``log(sum)`` where ``v - max`` loses none)."""
+    n_cols = xb.size // rows.size
+    segment_rows(e, rows, n_cols, SEGMENT_SUM)
+    if log:
+        for i in range(rows.size):
+            lg = log_pos(np.float64(rows[i]))
+            hi = like(lg, rows[0])
+            rows[i] = hi
+            lows[i] = like(lg - np.float64(hi), rows[0])
+        segment_spread(rows, u, n_cols)
+        segment_spread(lows, w, n_cols)
+        _log_write(xb, ob, scale, u, w)
+    else:
+        for i in range(rows.size):
+            rows[i] = like(1.0, rows[0]) / rows[i]
+        segment_spread(rows, u, n_cols)
+        for k in range(xb.size):
+            ob[k] = e[k] * u[k]
+
+
+@njit(fastmath=FASTMATH, **JIT)
+def _softmax_block(xb, ob, scale, log, m, e, u, rows, lows):
+    """softmax / log_softmax of one block (``ob`` may be ``xb``): the direct
+    path if the block is within :func:`_block_exp`'s bound (float64
+    log_softmax excepted), else the shifted one.  False if the block has
+    rows that are not all finite (``ob`` unwritten)."""
+    if (is_single(xb) or not log) and _block_exp(xb, scale, e):
+        _softmax_direct(xb, ob, scale, log, e, u, m, rows, lows)
+        return True
+    if _block_stats(xb, scale, m, e, u, xb.size // rows.size):
+        _softmax_write(xb, ob, scale, m, e, u, rows, log)
+        return True
+    return False
+
+
 @driver
 def softmax_short_rows(x, out, scale, log, n_tasks):
     """softmax / log_softmax of the rows of ``x`` (C-contiguous, ``fits``)."""
@@ -154,19 +243,18 @@ def softmax_short_rows(x, out, scale, log, n_tasks):
         e = stack_array(BLOCK_ELEMENTS, x[0, 0])
         u = stack_array(BLOCK_ELEMENTS, x[0, 0])
         rows = stack_array(MAX_BLOCK_ROWS, x[0, 0])[:rows_per_block]
+        lows = stack_array(MAX_BLOCK_ROWS, x[0, 0])[:rows_per_block]
         b0, b1 = block_bounds(task, n_blocks, n_tasks)
         for b in range(b0, b1):
             k0 = b * BLOCK_ELEMENTS
             ob = of[k0 : k0 + BLOCK_ELEMENTS]
+            prefetch_block(xf, b, b1, BLOCK_ELEMENTS)
             if in_place:  # one array for both: equal pointers would not vectorize
-                ok = _block_stats(ob, scale, m, e, u, n_cols)
-                if ok:
-                    _softmax_write(ob, ob, scale, m, e, u, rows, log)
+                ok = _softmax_block(ob, ob, scale, log, m, e, u, rows, lows)
             else:
-                xb = xf[k0 : k0 + BLOCK_ELEMENTS]
-                ok = _block_stats(xb, scale, m, e, u, n_cols)
-                if ok:
-                    _softmax_write(xb, ob, scale, m, e, u, rows, log)
+                ok = _softmax_block(
+                    xf[k0 : k0 + BLOCK_ELEMENTS], ob, scale, log, m, e, u, rows, lows
+                )
             if not ok:
                 r0 = b * rows_per_block
                 softmax_rows_cached_block(x, out, scale, log, r0, r0 + rows_per_block)
@@ -186,28 +274,41 @@ def _rows_logsumexp(x, r0, scale, out):
 @njit(fastmath=FASTMATH, **JIT)
 def _block_logsumexp(x, b, scale, out):
     """``out[i] = logsumexp(x[r0 + i] * scale)`` for the rows of block ``b``
-    (``r0`` its first row)."""
+    (``r0`` its first row): ``log(sum(exp(v)))`` on :func:`_block_exp`'s
+    direct path, else ``max + log(sum(exp(v - max)))``."""
     n_cols = x.shape[1]
     rows_per_block, _ = geometry(x.shape[0], n_cols)
     r0 = b * rows_per_block
     k0 = b * BLOCK_ELEMENTS
-    m = stack_array(BLOCK_ELEMENTS, x[0, 0])
+    xb = x.reshape(-1)[k0 : k0 + BLOCK_ELEMENTS]
     e = stack_array(BLOCK_ELEMENTS, x[0, 0])
-    u = stack_array(BLOCK_ELEMENTS, x[0, 0])
-    if not _block_stats(x.reshape(-1)[k0 : k0 + BLOCK_ELEMENTS], scale, m, e, u, n_cols):
-        _rows_logsumexp(x, r0, scale, out[:rows_per_block])
-        return
-    row_m = stack_array(MAX_BLOCK_ROWS, 0.0)[:rows_per_block]
-    row_u = stack_array(MAX_BLOCK_ROWS, 0.0)[:rows_per_block]
-    for i in range(rows_per_block):  # one lane per row, then the logs of those
-        row_m[i] = m[i * n_cols]
-        row_u[i] = u[i * n_cols]
+    if _block_exp(xb, scale, e):
+        sums = stack_array(MAX_BLOCK_ROWS, x[0, 0])[:rows_per_block]
+        segment_rows(e, sums, n_cols, SEGMENT_SUM)
+        for i in range(rows_per_block):  # in the type of the results
+            out[i] = log_positive(like(sums[i], out[0]))
+    else:
+        m = stack_array(BLOCK_ELEMENTS, x[0, 0])
+        u = stack_array(BLOCK_ELEMENTS, x[0, 0])
+        if not _block_stats(xb, scale, m, e, u, n_cols):
+            _rows_logsumexp(x, r0, scale, out[:rows_per_block])
+            return
+        row_m = stack_array(MAX_BLOCK_ROWS, 0.0)[:rows_per_block]
+        row_u = stack_array(MAX_BLOCK_ROWS, 0.0)[:rows_per_block]
+        for i in range(rows_per_block):  # one lane per row, then the logs of those
+            row_m[i] = m[i * n_cols]
+            row_u[i] = u[i * n_cols]
+        for i in range(rows_per_block):
+            out[i] = row_m[i] + log_pos(row_u[i])
+    # Results near 0 have lost relative accuracy to cancellation: recompute
+    # (a vector test first: a branch per row costs more than its log).
+    near = False
     for i in range(rows_per_block):
-        out[i] = row_m[i] + log_pos(row_u[i])
-    # Results near 0 have lost relative accuracy to cancellation: recompute.
-    for i in range(rows_per_block):
-        if abs(out[i]) < NEAR_ZERO:
-            out[i] = logsumexp_of_row(x[r0 + i], scale, row_m[i], row_u[i])
+        near |= abs(out[i]) < NEAR_ZERO
+    if near:
+        for i in range(rows_per_block):
+            if abs(out[i]) < NEAR_ZERO:
+                _rows_logsumexp(x, r0 + i, scale, out[i : i + 1])
 
 
 @driver
@@ -215,33 +316,68 @@ def logsumexp_short_rows(x, scale, res, n_tasks):
     """``res[r] = logsumexp(x[r] * scale)`` for rows that ``fits``."""
     n_rows, n_cols = x.shape
     rows_per_block, n_blocks = geometry(n_rows, n_cols)
+    xf = x.reshape(-1)
     for task in prange(n_tasks):
         b0, b1 = block_bounds(task, n_blocks, n_tasks)
         for b in range(b0, b1):
             r0 = b * rows_per_block
+            prefetch_block(xf, b, b1, BLOCK_ELEMENTS)
             _block_logsumexp(x, b, scale, res[r0 : r0 + rows_per_block])
     r0 = n_blocks * rows_per_block
     _rows_logsumexp(x, r0, scale, res[r0:])
 
 
+def block_count(n_rows: int, n_cols: int) -> int:
+    """The number of full blocks of rows of ``n_cols`` elements."""
+    return n_rows // (BLOCK_ELEMENTS // n_cols)
+
+
+@njit(fastmath=FASTMATH, **JIT)
+def _store_parts(pa, pz, part_a, part_z, b, r0, sums):
+    """A block's per-row parts: to ``part_a[r0:]`` (and ``part_z``), or, with
+    ``sums``, their sums to ``part_a[b]`` (:func:`ordered_sum`: a fixed
+    order, so the total does not depend on the number of threads)."""
+    if sums:
+        part_a[b] = ordered_sum(pa)
+        part_z[b] = ordered_sum(pz)
+    else:
+        for i in range(pa.size):
+            part_a[r0 + i] = pa[i]
+            part_z[r0 + i] = pz[i]
+
+
 @driver
-def xent_index_short_rows(x, target, w, ignore_index, part_a, part_z, n_tasks):
+def xent_index_short_rows(x, target, w, ignore_index, part_a, part_z, sums, n_tasks):
     """The cross-entropy forward of index targets without smoothing (see
     ``xent.py`` for the parts), for rows that ``fits``: each block's
-    logsumexp, then its parts while the block is in cache."""
+    logsumexp, then its parts while the block is in cache.  The parts go to
+    ``part_a``/``part_z`` per row, or with ``sums`` per block (the sums of
+    full block ``b`` to index ``b``, of the rows after the last full block
+    to index ``block_count``): a reduced loss writes no per-row array."""
     n_rows, n_cols = x.shape
     rows_per_block, n_blocks = geometry(n_rows, n_cols)
     one = like(1.0, x[0, 0])
+    xf = x.reshape(-1)
     for task in prange(n_tasks):
         lse = stack_array(MAX_BLOCK_ROWS, 0.0)[:rows_per_block]
+        pa = stack_array(MAX_BLOCK_ROWS, 0.0)[:rows_per_block]
+        pz = stack_array(MAX_BLOCK_ROWS, 0.0)[:rows_per_block]
         b0, b1 = block_bounds(task, n_blocks, n_tasks)
         for b in range(b0, b1):
+            prefetch_block(xf, b, b1, BLOCK_ELEMENTS)
+            prefetch_block(target, b, b1, rows_per_block)
+            r0 = b * rows_per_block
             _block_logsumexp(x, b, one, lse)
-            index_parts(x, target, w, ignore_index, lse, b * rows_per_block, part_a, part_z)
+            index_parts(x, target, w, ignore_index, lse, r0, pa, pz, 0)
+            _store_parts(pa, pz, part_a, part_z, b, r0, sums)
     r0 = n_blocks * rows_per_block
-    lse = stack_array(MAX_BLOCK_ROWS, 0.0)[: n_rows - r0]
+    tail = n_rows - r0
+    lse = stack_array(MAX_BLOCK_ROWS, 0.0)[:tail]
+    pa = stack_array(MAX_BLOCK_ROWS, 0.0)[:tail]
+    pz = stack_array(MAX_BLOCK_ROWS, 0.0)[:tail]
     _rows_logsumexp(x, r0, one, lse)
-    index_parts(x, target, w, ignore_index, lse, r0, part_a, part_z)
+    index_parts(x, target, w, ignore_index, lse, r0, pa, pz, 0)
+    _store_parts(pa, pz, part_a, part_z, n_blocks, r0, sums)
 
 
 @njit(fastmath=FASTMATH, **JIT)
@@ -288,6 +424,7 @@ def hardmax_short_rows(x, out, n_tasks):
         for b in range(b0, b1):
             k0 = b * BLOCK_ELEMENTS
             ob = of[k0 : k0 + BLOCK_ELEMENTS]
+            prefetch_block(xf, b, b1, BLOCK_ELEMENTS)
             if in_place:  # everything is read before the first write
                 _first_max_lanes(ob, m, c, n_cols)
             else:
@@ -298,18 +435,67 @@ def hardmax_short_rows(x, out, n_tasks):
         write_one_hot(out[r], row_argmax(x[r]))
 
 
+@njit(fastmath=FASTMATH, **JIT)
+def _xent_grad_rows(x, target, w, ignore_index, z_loss, r0, pa, pz, out, scale, scale_z):
+    """The row kernel's fused pass over ``pa.size`` rows from ``r0`` (rows
+    that are not all finite, and the rows after the last full block), its
+    parts to ``pa``/``pz``."""
+    r1 = r0 + pa.size
+    _xent_rows_serial(
+        x[r0:r1],
+        target[r0:r1],
+        w,
+        ignore_index,
+        0.0,
+        z_loss,
+        pa,
+        pz,
+        True,
+        out[r0:r1],
+        scale[r0:r1],
+        scale_z[r0:r1],
+        1,
+    )
+
+
+@njit(fastmath=FASTMATH, **JIT)
+def _xent_grad_factors(
+    x, target, w, ignore_index, z_loss, r0, shift, sums, pa, pz, a_nll, factor, scale, scale_z
+):
+    """Per row of a block, from its shift (0 on the direct path, else the
+    max) and its sum of ``exp(x - shift)``: the loss parts, the amount
+    ``a_nll = w[t] * s`` taken off at the target, and the factor
+    ``(a_nll + 2 z lse s_z) / sum`` of ``exp(x - shift)`` in the gradient;
+    all 0 for ignored rows, without branches (as ``xent.index_parts``)."""
+    for i in range(pa.size):
+        r = r0 + i
+        t = target[r]
+        keep = t != ignore_index
+        tt = t if keep else 0
+        total = np.float64(sums[i])
+        lse = np.float64(shift[i]) + log_pos(total)
+        wt = np.float64(w[tt])
+        a = wt * scale[r]
+        z_term = 2.0 * z_loss * lse * scale_z[r]
+        pa[i] = wt * (lse - np.float64(x[r, tt])) if keep else 0.0
+        pz[i] = lse * lse if keep else 0.0
+        a_nll[i] = a if keep else 0.0
+        factor[i] = like((a + z_term) / total, factor[0]) if keep else like(0.0, factor[0])
+
+
 @driver
 def xent_index_grad_short_rows(
-    x, target, w, ignore_index, z_loss, part_a, part_z, out, scale, scale_z, n_tasks
+    x, target, w, ignore_index, z_loss, part_a, part_z, sums, out, scale, scale_z, n_tasks
 ):
     """The fused cross-entropy pass of index targets without smoothing for rows
-    that ``fits``: the forward parts and ``out = d loss / d x`` (``out`` may
+    that ``fits``: the forward parts (per row, or per block with ``sums``, as
+    in :func:`xent_index_short_rows`) and ``out = d loss / d x`` (``out`` may
     be ``x``), with ``scale``/``scale_z`` as in ``xent.xent_index_rows``.
 
-    Per block: the row statistics in every lane; per row the loss parts and
-    the gradient's factor ``(w[t] * s + 2 z lse s_z) / sum``, broadcast back
-    to the row's lanes by a segment sum over lanes that are 0 but the first;
-    then one vector pass ``exp(x - max) * factor`` and, per row, ``- w[t] * s``
+    Per block: ``exp(x)`` and the rows' sums on the direct path of
+    :func:`_block_exp` (else ``exp(x - max)``, and the sums, in every lane);
+    per row the loss parts and the gradient's factor, spread to the row's
+    lanes; then one vector pass ``exp * factor`` and, per row, ``- w[t] * s``
     at the target."""
     n_rows, n_cols = x.shape
     rows_per_block, n_blocks = geometry(n_rows, n_cols)
@@ -320,71 +506,62 @@ def xent_index_grad_short_rows(
         m = stack_array(BLOCK_ELEMENTS, x[0, 0])
         e = stack_array(BLOCK_ELEMENTS, x[0, 0])
         u = stack_array(BLOCK_ELEMENTS, x[0, 0])
+        shift = stack_array(MAX_BLOCK_ROWS, x[0, 0])[:rows_per_block]
+        row_sums = stack_array(MAX_BLOCK_ROWS, x[0, 0])[:rows_per_block]
+        factor = stack_array(MAX_BLOCK_ROWS, x[0, 0])[:rows_per_block]
         a_nll = stack_array(MAX_BLOCK_ROWS, 0.0)[:rows_per_block]
-        rows = stack_array(MAX_BLOCK_ROWS, x[0, 0])[:rows_per_block]
+        pa = stack_array(MAX_BLOCK_ROWS, 0.0)[:rows_per_block]
+        pz = stack_array(MAX_BLOCK_ROWS, 0.0)[:rows_per_block]
         b0, b1 = block_bounds(task, n_blocks, n_tasks)
         for b in range(b0, b1):
             k0 = b * BLOCK_ELEMENTS
             r0 = b * rows_per_block
+            prefetch_block(xf, b, b1, BLOCK_ELEMENTS)
+            prefetch_block(target, b, b1, rows_per_block)
             xb = xf[k0 : k0 + BLOCK_ELEMENTS]
             ob = of[k0 : k0 + BLOCK_ELEMENTS]
-            if not _block_stats(xb, one, m, e, u, n_cols):
-                _xent_rows_serial(
-                    x[r0 : r0 + rows_per_block],
-                    target[r0 : r0 + rows_per_block],
-                    w,
-                    ignore_index,
-                    0.0,
-                    z_loss,
-                    part_a[r0 : r0 + rows_per_block],
-                    part_z[r0 : r0 + rows_per_block],
-                    True,
-                    out[r0 : r0 + rows_per_block],
-                    scale[r0 : r0 + rows_per_block],
-                    scale_z[r0 : r0 + rows_per_block],
-                    1,
-                )
+            if _block_exp(xb, one, e):
+                segment_rows(e, row_sums, n_cols, SEGMENT_SUM)
+                for i in range(rows_per_block):
+                    shift[i] = 0.0
+            elif _block_stats(xb, one, m, e, u, n_cols):
+                for i in range(rows_per_block):  # one lane per row
+                    shift[i] = m[i * n_cols]
+                    row_sums[i] = u[i * n_cols]
+            else:
+                _xent_grad_rows(x, target, w, ignore_index, z_loss, r0, pa, pz, out, scale, scale_z)
+                _store_parts(pa, pz, part_a, part_z, b, r0, sums)
                 continue
-            for i in range(rows_per_block):
-                r = r0 + i
-                t = target[r]
-                total = np.float64(u[i * n_cols])
-                if t == ignore_index:
-                    part_a[r] = 0.0
-                    part_z[r] = 0.0
-                    a_nll[i] = 0.0
-                    rows[i] = 0.0
-                    continue
-                lse = np.float64(m[i * n_cols]) + log_pos(total)
-                wt = np.float64(w[t])
-                part_a[r] = wt * (lse - np.float64(x[r, t]))
-                part_z[r] = lse * lse
-                a_nll[i] = wt * scale[r]
-                z_term = 2.0 * z_loss * lse * scale_z[r] if z_loss != 0.0 else 0.0
-                rows[i] = (a_nll[i] + z_term) / total
-            _broadcast_rows(rows, u, n_cols)
+            _xent_grad_factors(
+                x,
+                target,
+                w,
+                ignore_index,
+                z_loss,
+                r0,
+                shift,
+                row_sums,
+                pa,
+                pz,
+                a_nll,
+                factor,
+                scale,
+                scale_z,
+            )
+            _store_parts(pa, pz, part_a, part_z, b, r0, sums)
+            segment_spread(factor, u, n_cols)
             for k in range(BLOCK_ELEMENTS):
                 ob[k] = e[k] * u[k]
-            for i in range(rows_per_block):
+            for i in range(rows_per_block):  # ignored rows take off 0 at index 0
                 t = target[r0 + i]
-                if t != ignore_index:
-                    ob[i * n_cols + t] -= like(a_nll[i], one)
+                t = t if t != ignore_index else 0
+                ob[i * n_cols + t] -= like(a_nll[i], one)
     r0 = n_blocks * rows_per_block
-    _xent_rows_serial(
-        x[r0:],
-        target[r0:],
-        w,
-        ignore_index,
-        0.0,
-        z_loss,
-        part_a[r0:],
-        part_z[r0:],
-        True,
-        out[r0:],
-        scale[r0:],
-        scale_z[r0:],
-        1,
-    )
+    tail = n_rows - r0
+    pa = stack_array(MAX_BLOCK_ROWS, 0.0)[:tail]
+    pz = stack_array(MAX_BLOCK_ROWS, 0.0)[:tail]
+    _xent_grad_rows(x, target, w, ignore_index, z_loss, r0, pa, pz, out, scale, scale_z)
+    _store_parts(pa, pz, part_a, part_z, n_blocks, r0, sums)
 
 
 @njit(fastmath=FASTMATH, **JIT)
@@ -418,6 +595,8 @@ def jvp_short_rows(y, v, out, mode, n_tasks):
         b0, b1 = block_bounds(task, n_blocks, n_tasks)
         for b in range(b0, b1):
             k0 = b * BLOCK_ELEMENTS
+            prefetch_block(yf, b, b1, BLOCK_ELEMENTS)
+            prefetch_block(vf, b, b1, BLOCK_ELEMENTS)
             yb = yf[k0 : k0 + BLOCK_ELEMENTS]
             vb = vf[k0 : k0 + BLOCK_ELEMENTS]
             _jvp_terms(yb, vb, p, mode)

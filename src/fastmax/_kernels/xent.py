@@ -231,17 +231,18 @@ def xent_index_rows(
 
 
 @njit(fastmath=FASTMATH, **JIT)
-def index_parts(x, target, w, ignore_index, lse, r0, part_a, part_z):
-    """Per row: ``part_a = w[t] * (lse - x[t])`` and ``part_z = lse**2`` (0 for
-    ignored rows), without branches so that the loop vectorizes (gathers)."""
+def index_parts(x, target, w, ignore_index, lse, r0, part_a, part_z, p0):
+    """Per row ``r0 + i``: ``part_a[p0 + i] = w[t] * (lse[i] - x[t])`` and
+    ``part_z[p0 + i] = lse[i]**2`` (0 for ignored rows), without branches so
+    that the loop vectorizes (gathers)."""
     for i in range(lse.size):
         r = r0 + i
         t = target[r]
         keep = t != ignore_index
         tt = t if keep else 0
         a = np.float64(w[tt]) * (lse[i] - np.float64(x[r, tt]))
-        part_a[r] = a if keep else 0.0
-        part_z[r] = lse[i] * lse[i] if keep else 0.0
+        part_a[p0 + i] = a if keep else 0.0
+        part_z[p0 + i] = lse[i] * lse[i] if keep else 0.0
 
 
 #: The most rows of :func:`xent_index_rows_small`.
@@ -267,7 +268,7 @@ def xent_index_rows_small(x, target, w, ignore_index, part_a, part_z):
     for r in range(n):
         total, _ = sumexp_next_max(x[r], x[r], one, shift[r])
         lse[r] = lse_of_stats(shift[r], total)  # a non-finite max passes through
-    index_parts(x, target, w, ignore_index, lse, 0, part_a, part_z)
+    index_parts(x, target, w, ignore_index, lse, 0, part_a, part_z, 0)
     return ordered_sum(part_a), ordered_sum(part_z)
 
 
