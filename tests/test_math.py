@@ -20,13 +20,19 @@ from fastmax._kernels._math import (
     SUM_LANES,
     VECTOR_BYTES,
     exp,
+    exp_bound,
+    exp_bounded,
     exp_nonpos,
     exp_term,
     fmaximum,
     is_single,
+    log_pos,
+    log_pos32,
     ordered_sum,
     prefetch,
     segment_allreduce,
+    segment_rows,
+    segment_spread,
     stack_array,
 )
 
@@ -49,11 +55,23 @@ def _exp_term_loop(x, out):
         out[i] = exp_term(x[i])
 
 
+def _exp_bounded_loop(x, out):
+    for i in range(x.size):
+        out[i] = exp_bounded(x[i])
+
+
+def _log_loop(x, out):
+    for i in range(x.size):
+        out[i] = log_pos32(x[i]) if is_single(x) else log_pos(x[i])
+
+
 # Not cached: the assembly of cached code cannot be inspected.
 exp_loop = njit(fastmath=EXACT_MATH, cache=False)(_exp_loop)
 exp_nonpos_loop = njit(fastmath=EXACT_MATH, cache=False)(_exp_nonpos_loop)
 # exp_term serves sums in fast-math loops: tested in one.
 exp_term_loop = njit(fastmath=FASTMATH, cache=False)(_exp_term_loop)
+exp_bounded_loop = njit(fastmath=FASTMATH, cache=False)(_exp_bounded_loop)
+log_loop = njit(fastmath=FASTMATH, cache=False, error_model="numpy")(_log_loop)
 
 
 def _assert_close_to_np_exp(x, got, dtype):
@@ -141,8 +159,55 @@ def test_exp_term_accuracy_and_its_floor(dtype):
     assert np.all(low >= info.tiny) and np.all(low < 2.0**-100), low
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_exp_bounded_accuracy_within_its_bound(dtype):
+    """exp_bounded serves blocks whose every value is within its bound: as
+    exact as exp there, positive arguments included, all results normal,
+    and a sum of 16 at the bound finite."""
+    bound = float(exp_bound(dtype(0)))
+    assert bound == (80.0 if dtype == np.float32 else 700.0)
+    x = np.concatenate(
+        [
+            np.linspace(-bound, bound, 1_000_001),
+            np.random.default_rng(0).uniform(-1, 1, 100_000),
+            [0.0, -0.0, bound, -bound],
+        ]
+    ).astype(dtype)
+    got = np.empty_like(x)
+    exp_bounded_loop(x, got)
+    ref = np.exp(x)
+    ulps = np.abs(got - ref) / np.spacing(ref)
+    assert ulps.max() <= ULP[dtype], ulps.max()
+    assert got.min() >= np.finfo(dtype).tiny
+    assert np.isfinite(dtype(16) * got.max())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_log_pos_accuracy_over_the_normal_range(dtype):
+    """log_pos (float64) and log_pos32 (float32) over the positive normal
+    numbers: within 1 ulp of the correctly rounded log."""
+    info = np.finfo(dtype)
+    rng = np.random.default_rng(1)
+    x = np.concatenate(
+        [
+            np.exp(rng.uniform(np.log(info.tiny), np.log(info.max), 300_000)),
+            rng.uniform(0.5, 2.0, 300_000),  # around 1, where log is small
+            1.0 + np.arange(1, 2000) * info.eps,
+            [info.tiny, info.max, 1.0, 2.0, 0.5],
+        ]
+    ).astype(dtype)
+    x = x[np.isfinite(x) & (x >= info.tiny)]
+    got = np.empty_like(x)
+    log_loop(x, got)
+    ref = np.log(x.astype(np.longdouble))
+    nonzero = ref != 0
+    ulps = np.abs(got[nonzero] - ref[nonzero]) / np.spacing(np.abs(ref[nonzero]).astype(dtype))
+    assert ulps.max() <= 1.0, ulps.max()
+    assert got[x == 1.0].tolist() == [0.0]
+
+
 def test_exp_loop_is_vectorized():
-    for loop in (exp_loop, exp_nonpos_loop, exp_term_loop):
+    for loop in (exp_loop, exp_nonpos_loop, exp_term_loop, exp_bounded_loop, log_loop):
         for dtype in (np.float32, np.float64):
             loop(np.zeros(64, dtype), np.empty(64, dtype))
         for sig in loop.signatures:
@@ -261,6 +326,42 @@ def test_segment_allreduce(dtype, seg):
     out = np.empty_like(x)
     reduce_all(x, out, seg, 1)
     assert np.isnan(out[(3 // seg) * seg : (3 // seg + 1) * seg]).all()
+
+
+@njit(cache=False)
+def _row_reductions(src, sums, maxima, seg):
+    segment_rows(src, sums, seg, SEGMENT_SUM)
+    segment_rows(src, maxima, seg, SEGMENT_FAST_MAX)
+
+
+@njit(cache=False)
+def _spread(vals, dst, seg):
+    segment_spread(vals, dst, seg)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("seg", [2, 4, 8, 16])
+def test_segment_rows_and_spread(dtype, seg):
+    """segment_rows: one sum / max per row of seg elements, in row order, over
+    a block of several trees; segment_spread: the inverse layout.  Other
+    segment lengths (1, or over the lane count) leave the output alone."""
+    lanes = VECTOR_BYTES // np.dtype(dtype).itemsize
+    x = np.random.default_rng(seg).standard_normal(3 * seg * lanes).astype(dtype)
+    sums = np.full(x.size // seg, -7, dtype)
+    maxima = np.full(x.size // seg, -7, dtype)
+    _row_reductions(x, sums, maxima, seg)
+    if seg > lanes:
+        assert (sums == -7).all() and (maxima == -7).all()
+        return
+    rows = x.reshape(-1, seg)
+    np.testing.assert_allclose(sums, rows.sum(1), rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(maxima, rows.max(1))
+    spread = np.empty_like(x)
+    _spread(maxima, spread, seg)
+    np.testing.assert_array_equal(spread.reshape(-1, seg), np.repeat(maxima[:, None], seg, 1))
+    untouched = np.full(x.size, -7, dtype)
+    _row_reductions(x, untouched[: x.size], untouched[: x.size], 1)
+    assert (untouched == -7).all()
 
 
 def _prefetched_sum(x):

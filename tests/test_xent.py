@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import fastmax
-from fastmax._kernels import schedule
+from fastmax._kernels import schedule, short
 
 from . import reference as ref
 
@@ -185,6 +185,59 @@ def test_many_short_rows(dtype, n_cols, rng):
     loss_in_place, _ = fastmax.softmax_cross_entropy_with_grad(y, t, out=y, **kw)
     np.testing.assert_allclose(loss_in_place, loss, rtol=tol["rtol"], atol=tol["atol"])
     np.testing.assert_allclose(y, grad1, rtol=tol["rtol"], atol=tol["atol"])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_cols", [2, 4, 8, 16])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_many_short_rows_reduced_in_one_call(dtype, n_cols, reduction, rng):
+    """A reduced loss on short rows: one call of the short-row kernels, which
+    sum the parts per block.  Blocks on the direct path (no shift), a block
+    with values past its bound (shifted), a block with a NaN and one with an
+    all -inf row (the row kernels), ignored samples, weights and z-loss:
+    the loss against the reference, the gradient against the per-sample
+    path (reduction "none" scaled as the reduction does)."""
+    if not short.fits(n_cols, np.dtype(dtype).itemsize):
+        pytest.skip("rows longer than a vector")
+    rows_per_block = short.BLOCK_ELEMENTS // n_cols
+    n = 5 * rows_per_block + 3
+    x, t = _problem(rng, (n, n_cols), -1, dtype, "index")
+    x[rows_per_block + 2, 0] = 95.0  # past the direct path's bound of 80
+    x[rows_per_block + 3, :] = -300.0
+    w = (rng.random(n_cols) + 0.5).astype(dtype)
+    kw = dict(weight=w, reduction=reduction, z_loss=1e-3)
+    tol = dict(rtol=2e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(
+        fastmax.softmax_cross_entropy(x, t, **kw), ref.cross_entropy(x, t, **kw), **tol
+    )
+    per_sample = fastmax.softmax_cross_entropy_backward(
+        x, t, np.ones(n), **{**kw, "reduction": "none"}
+    )
+    if reduction == "mean":
+        kept = t != -100
+        denominator = w[t[kept]].astype(np.float64).sum()
+        # z-loss is averaged over the kept samples, the weighted part by the weights
+        grad_a = fastmax.softmax_cross_entropy_backward(
+            x, t, np.ones(n) / denominator, **{**kw, "reduction": "none", "z_loss": 0.0}
+        )
+        z_only = per_sample - fastmax.softmax_cross_entropy_backward(
+            x, t, np.ones(n), **{**kw, "reduction": "none", "z_loss": 0.0}
+        )
+        per_sample = grad_a + z_only / kept.sum()
+    loss, grad = fastmax.softmax_cross_entropy_with_grad(x, t, **kw)
+    np.testing.assert_allclose(grad, per_sample, rtol=tol["rtol"], atol=tol["atol"])
+    np.testing.assert_allclose(loss, ref.cross_entropy(x, t, **kw), **tol)
+    np.testing.assert_allclose(
+        fastmax.softmax_cross_entropy_backward(x, t, **kw), grad, rtol=tol["rtol"], atol=tol["atol"]
+    )
+    x[2 * rows_per_block + 1, 1] = np.nan
+    x[3 * rows_per_block + 4, :] = -np.inf
+    with np.errstate(invalid="ignore"):
+        expected = ref.cross_entropy(x, t, **kw)
+    loss, grad = fastmax.softmax_cross_entropy_with_grad(x, t, **kw)
+    np.testing.assert_allclose(loss, expected, **tol)
+    np.testing.assert_allclose(fastmax.softmax_cross_entropy(x, t, **kw), expected, **tol)
+    assert np.isnan(grad[2 * rows_per_block + 1]).all()
 
 
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
