@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 import fastmax
 from fastmax._kernels import schedule, short
+from fastmax._kernels import softmax as K
 
 from . import reference as ref
 from .strategies import FLOAT_DTYPES, arrays, axes
@@ -255,6 +256,24 @@ def test_short_rows_reduced_inside_vectors(dtype, n_cols, rng):
     again = [fastmax.softmax(x), fastmax.log_softmax(x), fastmax.logsumexp(x)]
     for a, b in zip(one, again, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_long_log_softmax_rows_written_in_chunks(dtype, rng):
+    """log_softmax rows long enough for the chunked, prefetching write pass
+    (a partial last chunk): to a new array, to out=, in place, and from a
+    strided view."""
+    n = 9 * K.WRITE_CHUNK + 5
+    x = (rng.standard_normal((3, 2 * n)) * 10).astype(dtype)
+    for src in (x[:, :n], x[:, ::2]):
+        expected = ref.softmax(src, log=True)
+        ref.assert_matches(fastmax.log_softmax(src), expected, dtype, scale=50)
+        out = np.empty(src.shape, dtype)
+        assert fastmax.log_softmax(src, out=out) is out
+        ref.assert_matches(out, expected, dtype, scale=50)
+        y = src.copy()
+        fastmax.log_softmax(y, out=y)
+        ref.assert_matches(y, expected, dtype, scale=50)
 
 
 def test_leading_minus_inf_blocks_do_not_poison_the_sum(rng):

@@ -75,11 +75,7 @@ def data_address(typingctx, arr):
     return types.uintp(arr), codegen
 
 
-@intrinsic
-def prefetch_line(typingctx, arr, i):
-    """Ask the CPU to bring the cache line of ``arr[i]`` into its caches
-    (``llvm.prefetch``: a hint, no fault on any address; compiled to nothing
-    where the CPU has no prefetch instruction).  ``i`` is not bounds-checked."""
+def _prefetch_typer(arr, i, write):
     if not isinstance(arr, types.Array) or not isinstance(i, types.Integer):
         return None
 
@@ -93,11 +89,26 @@ def prefetch_line(typingctx, arr, i):
         fn = builder.module.declare_intrinsic(
             "llvm.prefetch", [i8p], ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
         )
-        # read (0), high temporal locality (3), data cache (1)
-        builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)])
+        # read (0) or write (1), high temporal locality (3), data cache (1)
+        builder.call(fn, [builder.bitcast(ptr, i8p), i32(int(write)), i32(3), i32(1)])
         return context.get_dummy_value()
 
     return types.none(arr, i), codegen
+
+
+@intrinsic
+def prefetch_line(typingctx, arr, i):
+    """Ask the CPU to bring the cache line of ``arr[i]`` into its caches
+    (``llvm.prefetch``: a hint, no fault on any address; compiled to nothing
+    where the CPU has no prefetch instruction).  ``i`` is not bounds-checked."""
+    return _prefetch_typer(arr, i, False)
+
+
+@intrinsic
+def prefetch_line_for_write(typingctx, arr, i):
+    """:func:`prefetch_line` for a line about to be written (``prefetchw`` on
+    x86: the line comes in owned, so the stores do not wait for it)."""
+    return _prefetch_typer(arr, i, True)
 
 
 #: Bytes of a cache line (64 on every x86-64 and most ARM64 CPUs).
@@ -112,6 +123,14 @@ def prefetch(arr):
     step = max(1, CACHE_LINE // arr.itemsize)
     for i in range(0, arr.size, step):
         prefetch_line(arr, i)
+
+
+@njit(fastmath=EXACT_MATH, inline="always", cache=True)
+def prefetch_for_write(arr):
+    """:func:`prefetch` of lines about to be written (:func:`prefetch_line_for_write`)."""
+    step = max(1, CACHE_LINE // arr.itemsize)
+    for i in range(0, arr.size, step):
+        prefetch_line_for_write(arr, i)
 
 
 @intrinsic

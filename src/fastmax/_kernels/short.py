@@ -29,6 +29,7 @@ from ._math import (
     exp_bound,
     exp_bounded,
     exp_nonpos,
+    exp_term,
     fmaximum,
     is_single,
     like,
@@ -36,6 +37,7 @@ from ._math import (
     log_positive,
     ordered_sum,
     prefetch,
+    prefetch_for_write,
     segment_allreduce,
     segment_rows,
     segment_spread,
@@ -55,7 +57,7 @@ _xent_rows_serial = xent_index_rows.serial
 #: scratch rows of the same size it stays in L1.
 BLOCK_ELEMENTS = 1024
 #: Blocks ahead whose memory is prefetched.
-AHEAD = 4
+AHEAD = 2
 #: The most rows a block can have (2 classes).
 MAX_BLOCK_ROWS = BLOCK_ELEMENTS // 2
 
@@ -76,6 +78,16 @@ def prefetch_block(arr, b, b1, size):
     if b + AHEAD < b1:
         k1 = (b + AHEAD) * size
         prefetch(arr[k1 : k1 + size])
+
+
+@njit(fastmath=FASTMATH, **JIT)
+def prefetch_out_block(arr, b, b1, in_place):
+    """:func:`prefetch_block` of an output block, for writing (the stores
+    then find their lines owned); nothing in place, where the input's
+    prefetch brought them."""
+    if not in_place and b + AHEAD < b1:
+        k1 = (b + AHEAD) * BLOCK_ELEMENTS
+        prefetch_for_write(arr[k1 : k1 + BLOCK_ELEMENTS])
 
 
 @njit(fastmath=FASTMATH, **JIT)
@@ -216,6 +228,34 @@ def _softmax_direct(xb, ob, scale, log, e, u, w, rows, lows):
 
 
 @njit(fastmath=FASTMATH, **JIT)
+def _log_softmax_shifted(xb, ob, scale, m, e, u, rows):
+    """log_softmax of a block as ``(v - max) - log(sum(exp(v - max)))`` with
+    the rows' maxima and sums from :func:`segment_rows` and spread back by
+    :func:`segment_spread` (about half the work of :func:`_block_stats`'
+    reductions in every lane and :func:`_softmax_write`'s broadcast).
+    False (``ob`` unwritten) if some row is not all finite, by the rule of
+    :func:`_block_stats`."""
+    n_cols = xb.size // rows.size
+    for k in range(xb.size):
+        m[k] = xb[k] * scale
+    segment_rows(m, rows, n_cols, SEGMENT_FAST_MAX)
+    segment_spread(rows, u, n_cols)
+    worst = like(-np.inf, scale)
+    for k in range(xb.size):
+        d = m[k] - u[k]
+        worst = fmaximum(worst, d)  # NaN if any d is
+        e[k] = exp_term(d)
+    if not (worst <= 0):
+        return False
+    segment_rows(e, rows, n_cols, SEGMENT_SUM)
+    for i in range(rows.size):
+        rows[i] = like(log_pos(np.float64(rows[i])), rows[0])
+    segment_spread(rows, e, n_cols)
+    _log_write(xb, ob, scale, u, e)
+    return True
+
+
+@njit(fastmath=FASTMATH, **JIT)
 def _softmax_block(xb, ob, scale, log, m, e, u, rows, lows):
     """softmax / log_softmax of one block (``ob`` may be ``xb``): the direct
     path if the block is within :func:`_block_exp`'s bound (float64
@@ -224,6 +264,8 @@ def _softmax_block(xb, ob, scale, log, m, e, u, rows, lows):
     if (is_single(xb) or not log) and _block_exp(xb, scale, e):
         _softmax_direct(xb, ob, scale, log, e, u, m, rows, lows)
         return True
+    if log:
+        return _log_softmax_shifted(xb, ob, scale, m, e, u, rows)
     if _block_stats(xb, scale, m, e, u, xb.size // rows.size):
         _softmax_write(xb, ob, scale, m, e, u, rows, log)
         return True
@@ -249,6 +291,7 @@ def softmax_short_rows(x, out, scale, log, n_tasks):
             k0 = b * BLOCK_ELEMENTS
             ob = of[k0 : k0 + BLOCK_ELEMENTS]
             prefetch_block(xf, b, b1, BLOCK_ELEMENTS)
+            prefetch_out_block(of, b, b1, in_place)
             if in_place:  # one array for both: equal pointers would not vectorize
                 ok = _softmax_block(ob, ob, scale, log, m, e, u, rows, lows)
             else:
@@ -425,6 +468,7 @@ def hardmax_short_rows(x, out, n_tasks):
             k0 = b * BLOCK_ELEMENTS
             ob = of[k0 : k0 + BLOCK_ELEMENTS]
             prefetch_block(xf, b, b1, BLOCK_ELEMENTS)
+            prefetch_out_block(of, b, b1, in_place)
             if in_place:  # everything is read before the first write
                 _first_max_lanes(ob, m, c, n_cols)
             else:
@@ -501,6 +545,7 @@ def xent_index_grad_short_rows(
     rows_per_block, n_blocks = geometry(n_rows, n_cols)
     xf = x.reshape(-1)
     of = out.reshape(-1)
+    in_place = same_buffer(x, out)
     one = like(1.0, x[0, 0])
     for task in prange(n_tasks):
         m = stack_array(BLOCK_ELEMENTS, x[0, 0])
@@ -518,6 +563,7 @@ def xent_index_grad_short_rows(
             r0 = b * rows_per_block
             prefetch_block(xf, b, b1, BLOCK_ELEMENTS)
             prefetch_block(target, b, b1, rows_per_block)
+            prefetch_out_block(of, b, b1, in_place)
             xb = xf[k0 : k0 + BLOCK_ELEMENTS]
             ob = of[k0 : k0 + BLOCK_ELEMENTS]
             if _block_exp(xb, one, e):
@@ -597,6 +643,7 @@ def jvp_short_rows(y, v, out, mode, n_tasks):
             k0 = b * BLOCK_ELEMENTS
             prefetch_block(yf, b, b1, BLOCK_ELEMENTS)
             prefetch_block(vf, b, b1, BLOCK_ELEMENTS)
+            prefetch_out_block(of, b, b1, same_buffer(y, out) or same_buffer(v, out))
             yb = yf[k0 : k0 + BLOCK_ELEMENTS]
             vb = vf[k0 : k0 + BLOCK_ELEMENTS]
             _jvp_terms(yb, vb, p, mode)

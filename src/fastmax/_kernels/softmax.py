@@ -28,6 +28,7 @@ from ._math import (
     like,
     ordered_sum,
     prefetch,
+    prefetch_for_write,
     stack_array,
 )
 from .reduce import (
@@ -84,13 +85,53 @@ def _write_loop(x, out, scale, shift, factor, log):
             out[i] = exp_nonpos(x[i] * scale - shift) * factor
 
 
+#: Elements per chunk of :func:`write_row` on long rows, and how many
+#: chunks ahead it prefetches.
+WRITE_CHUNK = 512
+WRITE_AHEAD = 2
+
+
+@njit(fastmath=EXACT_MATH, inline="always", **JIT)
+def prefetch_chunk_ahead(arr, i0, write):
+    """Prefetch the chunk :data:`WRITE_AHEAD` chunks after the one at ``i0``
+    of a long row (for writing if ``write``), if the row has it."""
+    j0 = i0 + WRITE_AHEAD * WRITE_CHUNK
+    if j0 < arr.size:
+        j1 = min(j0 + WRITE_CHUNK, arr.size)
+        if write:
+            prefetch_for_write(arr[j0:j1])
+        else:
+            prefetch(arr[j0:j1])
+
+
 @njit(fastmath=EXACT_MATH, **JIT)
 def write_row(x, out, scale, shift, factor, log):
-    """``out = softmax or log_softmax term of x`` given the row's shift and factor."""
-    if same_buffer(x, out):
-        _write_loop(out, out, scale, shift, factor, log)
-    else:
-        _write_loop(x, out, scale, shift, factor, log)
+    """``out = softmax or log_softmax term of x`` given the row's shift and factor.
+
+    log_softmax rows longer than a few chunks go chunk by chunk, prefetching
+    the input and (for writing) the output :data:`WRITE_AHEAD` chunks
+    ahead: the hardware prefetchers stop at every page boundary, and a store
+    to a line not in cache waits for the line to be read first (log_softmax
+    of 1 x 32M float32, 2 threads: 1.68 -> 1.33 copy floors).  The softmax
+    write, with an exp per element, ran slower in chunks (float64 in cache:
+    1.75 -> 2.2 cycles per element) and is left whole."""
+    in_place = same_buffer(x, out)
+    n = x.size
+    if n <= 4 * WRITE_CHUNK or not log:
+        if in_place:
+            _write_loop(out, out, scale, shift, factor, log)
+        else:
+            _write_loop(x, out, scale, shift, factor, log)
+        return
+    for i0 in range(0, n, WRITE_CHUNK):
+        i1 = min(i0 + WRITE_CHUNK, n)
+        prefetch_chunk_ahead(x, i0, False)
+        if not in_place:
+            prefetch_chunk_ahead(out, i0, True)
+        if in_place:
+            _write_loop(out[i0:i1], out[i0:i1], scale, shift, factor, log)
+        else:
+            _write_loop(x[i0:i1], out[i0:i1], scale, shift, factor, log)
 
 
 @njit(fastmath=EXACT_MATH, inline="always", **JIT)
