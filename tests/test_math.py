@@ -206,6 +206,17 @@ def test_log_pos_accuracy_over_the_normal_range(dtype):
     assert got[x == 1.0].tolist() == [0.0]
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_exp_of_zero_is_exactly_one(dtype):
+    """Every exp variant gives exactly 1 at 0 (so a row of one entry has
+    softmax 1 and log_softmax 0, as SciPy)."""
+    zeros = np.zeros(64, dtype)
+    for loop in (exp_loop, exp_nonpos_loop, exp_term_loop, exp_bounded_loop):
+        got = np.empty_like(zeros)
+        loop(zeros, got)
+        np.testing.assert_array_equal(got, 1.0)
+
+
 def test_exp_loop_is_vectorized():
     for loop in (exp_loop, exp_nonpos_loop, exp_term_loop, exp_bounded_loop, log_loop):
         for dtype in (np.float32, np.float64):

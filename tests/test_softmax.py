@@ -276,6 +276,34 @@ def test_long_log_softmax_rows_written_in_chunks(dtype, rng):
         ref.assert_matches(y, expected, dtype, scale=50)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_small_inputs_without_a_max_pass(dtype, rng):
+    """Small C-contiguous inputs take the flat path without a max pass when
+    every value is within the exp bound: it agrees with the shifted path
+    (a strided view of the same values), and the cases it hands back to it
+    (a value past the bound, a NaN, rows of one, log_softmax in place)
+    give SciPy's answers."""
+    x = (rng.standard_normal((64, 100)) * 8).astype(dtype)
+    strided = np.empty((64, 200), dtype)[:, ::2]
+    strided[...] = x
+    for fn, log in SOFTMAXES:
+        expected = ref.softmax(x, log=log)
+        flat, shifted = fn(x), fn(strided)
+        ref.assert_matches(flat, expected, dtype, scale=50, context=fn.__name__)
+        ref.assert_matches(shifted, expected, dtype, scale=50, context=fn.__name__)
+        y = x.copy()
+        fn(y, out=y)
+        ref.assert_matches(y, expected, dtype, scale=50, context=f"{fn.__name__} in place")
+        for bad in (95.0, np.nan, -np.inf):
+            z = x.copy()
+            z[5, 7] = bad
+            with np.errstate(invalid="ignore"):
+                ref.assert_matches(fn(z), ref.softmax(z, log=log), dtype, scale=50)
+        single = x[:, :1].copy()
+        np.testing.assert_array_equal(fn(single), 0.0 if log else 1.0)
+    np.testing.assert_allclose(fastmax.softmax(x).sum(axis=1), 1.0, rtol=1e-5)
+
+
 def test_leading_minus_inf_blocks_do_not_poison_the_sum(rng):
     # -inf for the first blocks of a long row (and of a column), then finite values.
     x = rng.standard_normal(5 * 2048 + 11)

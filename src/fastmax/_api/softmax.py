@@ -72,6 +72,10 @@ def _softmax_rows(src: np.ndarray, dst: np.ndarray, mask, scale, log: bool) -> N
         K.softmax_rows(size, src, dst, scale, log, cached, row_blocks(n_rows))
 
 
+#: 1 in each native float type (``dtype.type(1.0)`` takes 0.2 us a call).
+_ONE = {np.dtype(t): t(1.0) for t in (np.float32, np.float64)}
+
+
 def _softmax_family(x, axis, out, where, temperature, log: bool, func: str):
     if (
         where is None
@@ -82,9 +86,7 @@ def _softmax_family(x, axis, out, where, temperature, log: bool, func: str):
     ):
         n_cols = x.shape[-1]
         result = np.empty_like(x) if out is None else out
-        _softmax_rows(
-            x.reshape(-1, n_cols), result.reshape(-1, n_cols), None, x.dtype.type(1.0), log
-        )
+        _softmax_rows(x.reshape(-1, n_cols), result.reshape(-1, n_cols), None, _ONE[x.dtype], log)
         return result
     job = elementwise_job(x, axis, out, func)
     scale = temperature_scale(temperature, func)

@@ -21,11 +21,16 @@ from .._config import EXACT_MATH, FASTMATH, JIT, ORDERED_MATH
 from ._math import (
     data_address,
     exp,
+    exp_bound,
+    exp_bounded,
     exp_nonpos,
     exp_term,
+    flat_view,
     fmaximum,
+    is_c_contiguous,
     is_single,
     like,
+    log_pos,
     ordered_sum,
     prefetch,
     prefetch_for_write,
@@ -276,6 +281,68 @@ def softmax_rows_cached_block(x, out, scale, log, r0, r1):
 
 
 @njit(fastmath=FASTMATH, **JIT)
+def _within_bound(xf, scale):
+    """Whether every ``|xf * scale|`` is within :func:`exp_bounded`'s bound
+    (False for NaN)."""
+    worst = like(0.0, scale)
+    for k in range(xf.size):
+        worst = fmaximum(worst, abs(xf[k] * scale))  # NaN if any is
+    return worst <= exp_bound(scale)
+
+
+@njit(fastmath=ORDERED_MATH, **JIT)
+def _log_write_split(x, out, scale, hi, lo):
+    """``out = (x * scale - hi) - lo`` in this order (``hi + lo``: a row's
+    log-sum-exp split into two floats)."""
+    for i in range(x.size):
+        out[i] = (x[i] * scale - hi) - lo
+
+
+@njit(fastmath=FASTMATH, **JIT)
+def softmax_small_direct(xf, of, n_cols, scale, log, total):
+    """softmax / log_softmax of C-contiguous rows of ``n_cols`` that fit in
+    cache, as flat arrays (``of`` may be ``xf``), without a max pass, where
+    every ``|v|`` is within :func:`exp_bounded`'s bound (nothing then
+    overflows or leaves the normal range, as in the short-row kernels): one
+    flat loop of ``exp(v)`` into ``of``, then per row its sum and the
+    scaling, or the log of the sum (in float64, split into two floats)
+    taken off ``v``.  Measured on 64 x 100 float32: 4.4 -> 2.0 us.  False
+    (nothing written) if the bound does not hold, for rows of one element
+    (exactly 1 or 0 on the shifted path), for a float64 log_softmax (whose
+    ``v - log(sum)`` would lose the low bits that ``v - max`` keeps) and
+    for a log_softmax in place (``of`` holds the exponentials before ``xf``
+    is read again): :func:`softmax_rows_small` goes on then."""
+    in_place = same_buffer(xf, of)
+    if n_cols < 2 or (log and (not is_single(xf) or in_place)):
+        return False
+    if not _within_bound(xf, scale):
+        return False
+    if in_place:
+        for k in range(of.size):
+            of[k] = exp_bounded(of[k] * scale)
+    else:
+        for k in range(xf.size):
+            of[k] = exp_bounded(xf[k] * scale)
+    n_rows = total.size
+    for r in range(n_rows):
+        total[r] = ordered_sum(of[r * n_cols : (r + 1) * n_cols])
+    if log:
+        for r in range(n_rows):  # vectorized
+            total[r] = log_pos(total[r])
+    for r in range(n_rows):
+        orow = of[r * n_cols : (r + 1) * n_cols]
+        if log:
+            hi = like(total[r], scale)
+            lo = like(total[r] - np.float64(hi), scale)
+            _log_write_split(xf[r * n_cols : (r + 1) * n_cols], orow, scale, hi, lo)
+        else:
+            factor = like(1.0 / total[r], scale)
+            for i in range(orow.size):
+                orow[i] *= factor
+    return True
+
+
+@njit(fastmath=FASTMATH, **JIT)
 def softmax_rows_small(x, out, scale, log, shift, total):
     """softmax / log_softmax of a few rows that fit in cache, in three passes
     over all of them: the maxima, then exp and sum, then the factor.  Rows are
@@ -285,6 +352,10 @@ def softmax_rows_small(x, out, scale, log, shift, total):
     (float64) are scratch of one element per row, passed in: a kernel that
     allocates needs Numba's reference counting, whose atomic count updates
     on every row view cost 4.4 of 9.5 us on 64 rows of 100."""
+    if is_c_contiguous(x) and is_c_contiguous(out):
+        n_cols = x.shape[1]
+        if softmax_small_direct(flat_view(x), flat_view(out), n_cols, scale, log, total):
+            return
     n = x.shape[0]
     in_place = same_buffer(x, out)
     for r in range(n):
