@@ -134,6 +134,24 @@ def test_exp_nonpos_accuracy_over_its_range(dtype):
     _assert_close_to_np_exp(x, got, dtype)
 
 
+def _assert_exp_within_ulp(loop, span, uniform, extra, dtype):
+    """``loop``'s exp over a grid of ``span``, random values in ``uniform``
+    and ``extra`` values: within ULP of NumPy's.  Returns the results."""
+    x = np.concatenate(
+        [
+            np.linspace(*span, 1_000_001),
+            np.random.default_rng(0).uniform(*uniform, 100_000),
+            extra,
+        ]
+    ).astype(dtype)
+    got = np.empty_like(x)
+    loop(x, got)
+    ref = np.exp(x)
+    ulps = np.abs(got - ref) / np.spacing(ref)
+    assert ulps.max() <= ULP[dtype], ulps.max()
+    return got
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_exp_term_accuracy_and_its_floor(dtype):
     """exp_term serves the terms of a sum with a term 1: as exact as exp_nonpos
@@ -141,18 +159,9 @@ def test_exp_term_accuracy_and_its_floor(dtype):
     (never 0, NaN or a subnormal)."""
     info = np.finfo(dtype)
     bound = -86.0 if dtype == np.float32 else -700.0
-    x = np.concatenate(
-        [
-            np.linspace(bound, 0.0, 1_000_001),
-            -np.random.default_rng(0).uniform(0, 1, 100_000),
-            [0.0, -0.0, -info.tiny, info.eps],
-        ]
-    ).astype(dtype)
-    got = np.empty_like(x)
-    exp_term_loop(x, got)
-    ref = np.exp(x)
-    ulps = np.abs(got - ref) / np.spacing(ref)
-    assert ulps.max() <= ULP[dtype], ulps.max()
+    _assert_exp_within_ulp(
+        exp_term_loop, (bound, 0.0), (-1.0, 0.0), [0.0, -0.0, -info.tiny, info.eps], dtype
+    )
     below = np.array([bound - 1e-3, bound - 20, -np.inf, -info.max], dtype)
     low = np.empty_like(below)
     exp_term_loop(below, low)
@@ -166,18 +175,9 @@ def test_exp_bounded_accuracy_within_its_bound(dtype):
     and a sum of 16 at the bound finite."""
     bound = float(exp_bound(dtype(0)))
     assert bound == (80.0 if dtype == np.float32 else 700.0)
-    x = np.concatenate(
-        [
-            np.linspace(-bound, bound, 1_000_001),
-            np.random.default_rng(0).uniform(-1, 1, 100_000),
-            [0.0, -0.0, bound, -bound],
-        ]
-    ).astype(dtype)
-    got = np.empty_like(x)
-    exp_bounded_loop(x, got)
-    ref = np.exp(x)
-    ulps = np.abs(got - ref) / np.spacing(ref)
-    assert ulps.max() <= ULP[dtype], ulps.max()
+    got = _assert_exp_within_ulp(
+        exp_bounded_loop, (-bound, bound), (-1.0, 1.0), [0.0, -0.0, bound, -bound], dtype
+    )
     assert got.min() >= np.finfo(dtype).tiny
     assert np.isfinite(dtype(16) * got.max())
 
