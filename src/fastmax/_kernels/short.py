@@ -3,11 +3,18 @@ in one vector: 2, 4, 8, 16 float32 or 2, 4, 8 float64 classes).
 
 A row loop over 8 elements runs its vector loops zero times and everything
 in scalar remainders.  These kernels instead treat a block of rows as one
-flat array, so every loop is a full-width vector loop, and reduce each row
-inside the vectors with :func:`segment_allreduce` (every lane of a row ends
-up holding the row's max, then its sum).  Logarithms of the sums are taken
-in every lane with the vectorizable :func:`log_pos` (sums of ``exp(v - max)``
-lie in ``[1, C]``).
+flat array, so every loop is a full-width vector loop.
+
+* Where every value of a block is within :func:`exp_bounded`'s bound (80 in
+  float32, 700 in float64), softmax, float32 log_softmax, logsumexp and the
+  cross-entropy take ``exp(v)`` with no shift (:func:`_block_exp`): one exp
+  pass and no max.  Each row's sum comes from :func:`segment_rows` (a tree
+  over whole vectors, one row per lane of the result), per-row values go
+  back to the row's lanes by :func:`segment_spread`.
+* Other blocks take the shifted path: each row's max and sum reduced inside
+  the vectors by :func:`segment_allreduce` (every lane of a row ends up
+  holding them), or for log_softmax by the trees.
+* The blocks :data:`AHEAD` are prefetched, the output's for writing.
 
 Blocks whose rows are not all finite (NaN or ±inf maxima) are handed to the
 row kernels, whose rules give SciPy's answers; so are the rows after the
