@@ -188,6 +188,29 @@ def test_many_short_rows(dtype, n_cols, rng):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_small_forward_without_a_max_pass(dtype, rng):
+    """The small forward kernel skips the maxima of a C-contiguous input whose
+    values are all within the exp bound: it agrees with a strided view of
+    the same values (which takes them) and with the reference, also with a
+    value past the bound and with a NaN."""
+    x, t = _problem(rng, (64, 100), -1, dtype, "index")
+    strided = np.empty((64, 200), dtype)[:, ::2]
+    tol = dict(rtol=2e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-14)
+    for bad in (None, 95.0, np.nan):
+        if bad is not None:
+            x[5, 7] = bad
+        strided[...] = x
+        for reduction in ("mean", "none"):
+            with np.errstate(invalid="ignore"):
+                expected = ref.cross_entropy(x, t, reduction=reduction)
+            got = fastmax.softmax_cross_entropy(x, t, reduction=reduction)
+            np.testing.assert_allclose(got, expected, **tol)
+            np.testing.assert_allclose(
+                fastmax.softmax_cross_entropy(strided, t, reduction=reduction), got, **tol
+            )
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("n_cols", [2, 4, 8, 16])
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_many_short_rows_reduced_in_one_call(dtype, n_cols, reduction, rng):

@@ -281,7 +281,7 @@ def softmax_rows_cached_block(x, out, scale, log, r0, r1):
 
 
 @njit(fastmath=FASTMATH, **JIT)
-def _within_bound(xf, scale):
+def within_bound(xf, scale):
     """Whether every ``|xf * scale|`` is within :func:`exp_bounded`'s bound
     (False for NaN)."""
     worst = like(0.0, scale)
@@ -315,7 +315,7 @@ def softmax_small_direct(xf, of, n_cols, scale, log, total):
     in_place = same_buffer(xf, of)
     if n_cols < 2 or (log and (not is_single(xf) or in_place)):
         return False
-    if not _within_bound(xf, scale):
+    if not within_bound(xf, scale):
         return False
     if in_place:
         for k in range(of.size):

@@ -27,10 +27,24 @@ import numpy as np
 from numba import njit, prange
 
 from .._config import EXACT_MATH, FASTMATH, JIT
-from ._math import exp_nonpos, fmaximum, like, ordered_sum, stack_array
+from ._math import (
+    exp_nonpos,
+    flat_view,
+    fmaximum,
+    is_c_contiguous,
+    like,
+    ordered_sum,
+    stack_array,
+)
 from .reduce import lse_of_stats, row_max, sumexp_next_max
 from .schedule import block_bounds, chunk_of, driver
-from .softmax import exp_store_sum_next_max, same_buffer, write_row, write_row_per_column
+from .softmax import (
+    exp_store_sum_next_max,
+    same_buffer,
+    within_bound,
+    write_row,
+    write_row_per_column,
+)
 
 #: Chunks of the target check (fixed, so the summed weight does not depend
 #: on the number of threads).
@@ -255,16 +269,22 @@ def xent_index_rows_small(x, target, w, ignore_index, part_a, part_z):
     for inputs that fit in cache, in three passes over all rows: the maxima,
     the sums, the parts.  Rows are independent within a pass, so the CPU
     overlaps them, which the pipelined kernel's row-to-row dependency
-    prevents (as in ``softmax_rows_small``); the sums are the same
-    :func:`sumexp_next_max` in the same order, so the results are the same
-    bits.  At most :data:`SMALL_ROWS` rows (scratch on the stack).  Returns
-    the sums of ``part_a`` and ``part_z`` (:func:`ordered_sum`: a fixed order)."""
+    prevents (as in ``softmax_rows_small``).  A C-contiguous input whose
+    values are all within the exp bound skips the maxima: its sums are of
+    ``exp(x)`` unshifted (as ``softmax_small_direct``'s; the same rounding
+    as shifted sums).  At most :data:`SMALL_ROWS` rows (scratch on the
+    stack).  Returns the sums of ``part_a`` and ``part_z``
+    (:func:`ordered_sum`: a fixed order)."""
     n = x.shape[0]
     one = like(1.0, x[0, 0])
     shift = stack_array(SMALL_ROWS, one)[:n]
     lse = stack_array(SMALL_ROWS, 0.0)[:n]
-    for r in range(n):
-        shift[r] = row_max(x[r])
+    if is_c_contiguous(x) and within_bound(flat_view(x), one):
+        for r in range(n):
+            shift[r] = 0.0
+    else:
+        for r in range(n):
+            shift[r] = row_max(x[r])
     for r in range(n):
         total, _ = sumexp_next_max(x[r], x[r], one, shift[r])
         lse[r] = lse_of_stats(shift[r], total)  # a non-finite max passes through
