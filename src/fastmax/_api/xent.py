@@ -212,7 +212,8 @@ _GATHER_BYTES = 1 << 23
 #: Samples per kernel call when a loss is reduced over many samples: their
 #: parts (and gradient scales) live in small reused buffers instead of arrays
 #: of N, whose page faults and second pass cost as much as reading the logits
-#: on many short rows.
+#: on short rows (which now sum their parts per block in one call instead:
+#: :func:`_run_short_sums`).
 _REDUCE_ROWS = 1 << 16
 
 

@@ -560,6 +560,26 @@ SEGMENT_MAX = 1
 SEGMENT_FAST_MAX = 2
 
 
+def _vector_access(context, builder, aryty, value, width):
+    """A function from an element index of a 1-D C-contiguous array to a
+    pointer to the vector of ``width`` elements there."""
+    vty = ir.VectorType(context.get_data_type(aryty.dtype), width)
+    ary = context.make_array(aryty)(context, builder, value)
+
+    def pointer(index):
+        return builder.bitcast(builder.gep(ary.data, [index]), vty.as_pointer())
+
+    return pointer, ary
+
+
+def _segment_types(src, dst, seg):
+    if not isinstance(src, types.Array) or src.dtype not in (types.float32, types.float64):
+        return False
+    if not isinstance(dst, types.Array) or dst.dtype != src.dtype:
+        return False
+    return isinstance(seg, types.Integer)
+
+
 @intrinsic
 def segment_allreduce(typingctx, src, dst, start, seg, op):
     """``dst[start : start + VECTOR_BYTES // itemsize]`` = the lanes of
@@ -567,11 +587,7 @@ def segment_allreduce(typingctx, src, dst, start, seg, op):
     ``SEGMENT_*``) over the aligned segment of ``seg`` lanes it belongs to.
     ``seg`` is a power of two up to the lane count; ``dst`` may be ``src``;
     the caller guarantees the lanes are in bounds."""
-    if not isinstance(src, types.Array) or src.dtype not in (types.float32, types.float64):
-        return None
-    if not isinstance(dst, types.Array) or dst.dtype != src.dtype:
-        return None
-    if not isinstance(start, types.Integer) or not isinstance(seg, types.Integer):
+    if not _segment_types(src, dst, seg) or not isinstance(start, types.Integer):
         return None
     if not isinstance(op, types.IntegerLiteral):
         return None
@@ -581,12 +597,9 @@ def segment_allreduce(typingctx, src, dst, start, seg, op):
     def codegen(context, builder, signature, args):
         src_v, dst_v, start_v, seg_v, _ = args
         vty = ir.VectorType(context.get_data_type(signature.args[0].dtype), width)
-
-        def vector_ptr(aryty, value):
-            ary = context.make_array(aryty)(context, builder, value)
-            return builder.bitcast(builder.gep(ary.data, [start_v]), vty.as_pointer())
-
-        vec = builder.load(vector_ptr(signature.args[0], src_v), align=1)
+        load_at, _ = _vector_access(context, builder, signature.args[0], src_v, width)
+        store_at, _ = _vector_access(context, builder, signature.args[1], dst_v, width)
+        vec = builder.load(load_at(start_v), align=1)
         suffix = f"v{width}f{signature.args[0].dtype.bitwidth}"
         maximum = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(vty, [vty, vty]), "llvm.maximum." + suffix
@@ -606,7 +619,7 @@ def segment_allreduce(typingctx, src, dst, start, seg, op):
             inside = builder.icmp_signed("<", ir.Constant(seg_v.type, step), seg_v)
             vec = builder.select(inside, both, vec)
             step *= 2
-        builder.store(vec, vector_ptr(signature.args[1], dst_v), align=1)
+        builder.store(vec, store_at(start_v), align=1)
         return context.get_dummy_value()
 
     return types.none(src, dst, start, seg, op), codegen
@@ -639,26 +652,6 @@ def _segment_loops(context, builder, seg_v, chunks, width, body):
             with cgutils.for_range(builder, count) as loop:
                 body(s, loop.index)
         s *= 2
-
-
-def _vector_access(context, builder, aryty, value, width):
-    """A function from an element index of a 1-D C-contiguous array to a
-    pointer to the vector of ``width`` elements there."""
-    vty = ir.VectorType(context.get_data_type(aryty.dtype), width)
-    ary = context.make_array(aryty)(context, builder, value)
-
-    def pointer(index):
-        return builder.bitcast(builder.gep(ary.data, [index]), vty.as_pointer())
-
-    return pointer, ary
-
-
-def _segment_types(src, dst, seg):
-    if not isinstance(src, types.Array) or src.dtype not in (types.float32, types.float64):
-        return False
-    if not isinstance(dst, types.Array) or dst.dtype != src.dtype:
-        return False
-    return isinstance(seg, types.Integer)
 
 
 @intrinsic

@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .._config import FASTMATH, JIT, ORDERED_MATH
+from .._config import FASTMATH, JIT
 from ._math import (
     SEGMENT_FAST_MAX,
     SEGMENT_MAX,
@@ -56,6 +56,7 @@ from .jacobian import write_row as jvp_write_row
 from .reduce import NEAR_ZERO, logsumexp_of_row, row_max_sumexp
 from .schedule import block_bounds, driver
 from .softmax import same_buffer, softmax_rows_cached_block
+from .softmax import write_row_per_column as softmax_write_per_column
 from .xent import index_parts, xent_index_rows
 
 _xent_rows_serial = xent_index_rows.serial
@@ -201,15 +202,6 @@ def _softmax_write(xb, ob, scale, m, e, u, rows, log):
             ob[k] = e[k] * u[k]
 
 
-@njit(fastmath=ORDERED_MATH, **JIT)
-def _log_write(xb, ob, scale, hi, lo):
-    """``ob = (v - hi) - lo`` in this order: ``hi + lo`` is a row's
-    ``log(sum(exp(v)))`` in float64, split into two floats (``v - hi`` is
-    nearly exact, as ``v - max`` is on the shifted path)."""
-    for k in range(xb.size):
-        ob[k] = (xb[k] * scale - hi[k]) - lo[k]
-
-
 @njit(fastmath=FASTMATH, **JIT)
 def _softmax_direct(xb, ob, scale, log, e, u, w, rows, lows):
     """softmax / log_softmax of a block from :func:`_block_exp`'s ``e``: the
@@ -227,7 +219,9 @@ def _softmax_direct(xb, ob, scale, log, e, u, w, rows, lows):
             lows[i] = like(lg - np.float64(hi), rows[0])
         segment_spread(rows, u, n_cols)
         segment_spread(lows, w, n_cols)
-        _log_write(xb, ob, scale, u, w)
+        # (v - hi) - lo in this order: hi + lo is the row's log(sum(exp(v)))
+        # in float64 split into two floats (v - hi is nearly exact, as v - max is)
+        softmax_write_per_column(xb, ob, scale, u, w, True)
     else:
         for i in range(rows.size):
             rows[i] = like(1.0, rows[0]) / rows[i]
@@ -260,7 +254,7 @@ def _log_softmax_shifted(xb, ob, scale, m, e, u, rows):
     for i in range(rows.size):
         rows[i] = like(log_pos(np.float64(rows[i])), rows[0])
     segment_spread(rows, e, n_cols)
-    _log_write(xb, ob, scale, u, e)
+    softmax_write_per_column(xb, ob, scale, u, e, True)  # (v - max) - log(sum)
     return True
 
 
