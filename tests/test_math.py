@@ -223,7 +223,7 @@ def test_exp_loop_is_vectorized():
             loop(np.zeros(64, dtype), np.empty(64, dtype))
         for sig in loop.signatures:
             asm = loop.inspect_asm(sig)
-            packed = re.findall(r"\tv(?:fmadd|mul|add)\w*p[sd]\s[^\n]*%[yz]mm", asm)
+            packed = re.findall(r"\tv(?:fn?m(?:add|sub)|mul|add|sub)\w*p[sd]\s[^\n]*%[yz]mm", asm)
             assert len(packed) >= 8, f"no packed FMA/mul/add in {loop.__name__} for {sig}"
 
 

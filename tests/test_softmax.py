@@ -304,6 +304,21 @@ def test_small_inputs_without_a_max_pass(dtype, rng):
     np.testing.assert_allclose(fastmax.softmax(x).sum(axis=1), 1.0, rtol=1e-5)
 
 
+
+@pytest.mark.parametrize("n_rows", [schedule.SMALL_ROWS, schedule.SMALL_ROWS + 1])
+def test_small_inputs_at_the_row_limit(n_rows, rng):
+    """The small kernel keeps its per-row scratch on the stack, for at most
+    SMALL_ROWS rows: at the limit it takes them all (rows 0 and last
+    included), past it the input goes to the row kernels."""
+    x = rng.standard_normal((n_rows, 15)) * 4  # float64: rows longer than a vector
+    assert x.size < schedule.PARALLEL_MIN_ELEMENTS
+    z = x.copy()
+    z[-1, 3] = 800.0  # past the exp bound: the shifted passes
+    for fn, log in SOFTMAXES:
+        for a in (x, z, z[:, :14]):
+            ref.assert_matches(fn(a), ref.softmax(a, log=log), np.float64, scale=50)
+
+
 def test_leading_minus_inf_blocks_do_not_poison_the_sum(rng):
     # -inf for the first blocks of a long row (and of a column), then finite values.
     x = rng.standard_normal(5 * 2048 + 11)

@@ -76,12 +76,15 @@ def _jacobian_product(primal, tangent, axis, out, mode: int, func: str, pname: s
         # The common call: same shape and dtype, C-contiguous, over the last axis.
         n_cols = primal.shape[-1]
         result = np.empty_like(primal) if out is None else out
-        _run(
-            primal.reshape(-1, n_cols),
-            tangent.reshape(-1, n_cols),
-            result.reshape(-1, n_cols),
-            mode,
-        )
+        if primal.ndim == 2:  # a reshape costs 0.1 us
+            _run(primal, tangent, result, mode)
+        else:
+            _run(
+                primal.reshape(-1, n_cols),
+                tangent.reshape(-1, n_cols),
+                result.reshape(-1, n_cols),
+                mode,
+            )
         return result
     p = as_array(primal, pname, func)
     t = as_array(tangent, tname, func)

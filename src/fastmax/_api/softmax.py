@@ -11,6 +11,7 @@ from .._kernels import short as S
 from .._kernels import softmax as K
 from .._kernels.schedule import (
     PARALLEL_MIN_ELEMENTS,
+    SMALL_ROWS,
     SPLIT_CHUNK,
     cached_rows,
     column_block_rows,
@@ -52,9 +53,13 @@ def _softmax_rows(src: np.ndarray, dst: np.ndarray, mask, scale, log: bool) -> N
     size = src.size
     if mask is None and S.fits_rows(src, dst):
         S.softmax_short_rows(size, src, dst, scale, log, row_blocks(n_rows))
-    elif mask is None and size < PARALLEL_MIN_ELEMENTS and src.strides[1] == src.itemsize:
-        n_rows = src.shape[0]
-        K.softmax_rows_small(src, dst, scale, log, np.empty(n_rows, src.dtype), np.empty(n_rows))
+    elif (
+        mask is None
+        and size < PARALLEL_MIN_ELEMENTS
+        and n_rows <= SMALL_ROWS
+        and src.strides[1] == src.itemsize
+    ):
+        K.softmax_rows_small(src, dst, scale, log)
     elif mask is not None:
         K.softmax_rows_masked(size, src, mask, dst, scale, log)
     elif unit_stride(src, 1) and unit_stride(dst, 1) and split_rows(n_rows, n_cols):
@@ -84,9 +89,14 @@ def _softmax_family(x, axis, out, where, temperature, log: bool, func: str):
         and fast_path(x, axis)
         and fast_out(out, x)
     ):
-        n_cols = x.shape[-1]
         result = np.empty_like(x) if out is None else out
-        _softmax_rows(x.reshape(-1, n_cols), result.reshape(-1, n_cols), None, _ONE[x.dtype], log)
+        if x.ndim == 2:  # a reshape costs 0.1 us
+            _softmax_rows(x, result, None, _ONE[x.dtype], log)
+        else:
+            n_cols = x.shape[-1]
+            _softmax_rows(
+                x.reshape(-1, n_cols), result.reshape(-1, n_cols), None, _ONE[x.dtype], log
+            )
         return result
     job = elementwise_job(x, axis, out, func)
     scale = temperature_scale(temperature, func)

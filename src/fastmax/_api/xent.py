@@ -15,6 +15,7 @@ from .._kernels import softmax as KS
 from .._kernels import xent as K
 from .._kernels.schedule import (
     PARALLEL_MIN_ELEMENTS,
+    SMALL_ROWS,
     SPLIT_CHUNK,
     column_block_rows,
     column_chunks,
@@ -431,7 +432,7 @@ def _small_forward(pb: _Problem, grad_rows: np.ndarray | None) -> bool:
         and pb.index is not None
         and pb.smoothing == 0.0
         and rows.size < PARALLEL_MIN_ELEMENTS
-        and rows.shape[0] <= K.SMALL_ROWS
+        and rows.shape[0] <= SMALL_ROWS
         and unit_stride(rows, 1)
         and not short.fits_rows(rows)
     )

@@ -205,7 +205,15 @@ _P64 = (
 
 @njit(fastmath=EXACT_MATH, inline="always", cache=True)
 def _poly64(r):
-    """e^r on [-ln2/2, ln2/2]: degree 10, Estrin (a chain of 4 FMAs)."""
+    """e^r on [-ln2/2, ln2/2]: degree 10, Estrin (a chain of 4 FMAs).
+
+    Horner's scheme (10 FMAs instead of 13 instructions) runs float64
+    exponential loops 8-9% faster, but float64 sums run in a loop that LLVM
+    vectorizes in an order of its choosing, and with Horner that order was
+    measured to differ between builds of one kernel (serial and parallel,
+    compiled in-process and loaded from the cache): results then depended
+    on the thread count.  float32 sums take :func:`ordered_sum` and use
+    Horner (:func:`_poly32`)."""
     r2 = r * r
     r4 = r2 * r2
     q0 = (_P64[0] + _P64[1] * r) + (_P64[2] + _P64[3] * r) * r2
@@ -223,8 +231,7 @@ def _exp64(x):
     r = xc - n * _LN2_HI
     r = r - n * _LN2_LO
     # e^r by a degree-10 polynomial interpolating e^r at the Chebyshev nodes of
-    # [-ln2/2, ln2/2] (max relative error 3.3e-16), evaluated by Estrin's
-    # scheme: a dependency chain of 4 FMAs, and 3 fewer than Taylor would need.
+    # [-ln2/2, ln2/2] (max relative error 3.3e-16).
     p = _poly64(r)
     # 2^n as two normal powers of two; NaN's n is replaced by 0 (p is NaN anyway).
     ni = np.int64(n if n == n else 0.0)
@@ -238,6 +245,7 @@ _F32 = np.float32
 _LOG2E_F = _F32(1.4426950408889634)
 _LN2_HI_F = _F32(0.693359375)  # 9 significant bits: n*_LN2_HI_F is exact
 _LN2_LO_F = _F32(-2.12194440e-4)
+_LN2_F = _F32(0.6931471805599453)  # ln 2 rounded: 1.9e-9 above
 _EXP32_LO = _F32(-104.0)
 _EXP32_HI = _F32(89.0)
 _HALF_F = _F32(0.5)
@@ -260,11 +268,13 @@ _P32 = tuple(
 
 @njit(fastmath=EXACT_MATH, inline="always", cache=True)
 def _poly32(r):
-    """e^r on [-ln2/2, ln2/2]: degree 5, Estrin."""
-    r2 = r * r
-    return (
-        (_P32[0] + _P32[1] * r) + (_P32[2] + _P32[3] * r) * r2 + (_P32[4] + _P32[5] * r) * (r2 * r2)
-    )
+    """e^r on [-ln2/2, ln2/2]: degree 5, Horner (5 FMAs; Estrin took 7
+    instructions: exp-sum loop, float32, 0.192 -> 0.177 ns/element)."""
+    p = _P32[5] * r + _P32[4]
+    p = p * r + _P32[3]
+    p = p * r + _P32[2]
+    p = p * r + _P32[1]
+    return p * r + _P32[0]
 
 
 @njit(fastmath=EXACT_MATH, cache=True)
@@ -274,7 +284,7 @@ def _exp32(x):
     n = np.floor(xc * _LOG2E_F + _HALF_F)
     r = xc - n * _LN2_HI_F
     r = r - n * _LN2_LO_F
-    # e^r by the degree-5 polynomial above, Estrin.
+    # e^r by the degree-5 polynomial above.
     p = _poly32(r)
     ni = np.int32(n if n == n else _F32(0.0))
     n1 = ni >> np.int32(1)
@@ -384,7 +394,16 @@ def _exp_term64(x):
 
 @njit(fastmath=EXACT_MATH, cache=True)
 def _exp_term32(x):
-    return _exp_bounded32(x if x > _TERM32_LO else _TERM32_LO)
+    # One FMA reduces by ln2 (rounded to float32, 1.9e-9 above ln2) instead
+    # of Cody-Waite's two: the term's relative error grows by |n| * 1.9e-9,
+    # within 4.6 ulp down to the bound (1.6e-7 above -1), and in a sum with a
+    # term 1 a term's error weighs 2^n.  exp-sum loop: 0.177 -> 0.165 ns/element.
+    xc = x if x > _TERM32_LO else _TERM32_LO
+    t = xc * _LOG2E_F + _SHIFT32
+    n = t - _SHIFT32
+    r = xc - n * _LN2_F
+    k = np.int32(float_to_bits(t) << np.int32(23))
+    return bits_to_float(np.int32(float_to_bits(_poly32(r)) + k))
 
 
 def exp_term(x):  # pragma: no cover - replaced by the overload in jitted code

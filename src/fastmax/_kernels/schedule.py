@@ -38,6 +38,8 @@ SPLIT_CHUNK = 1 << 16
 COLUMN_CHUNKS = 8
 #: Bytes of rows per block of the column kernels' online max+sum (stays in L2).
 COLUMN_BLOCK_BYTES = 1 << 18
+#: The most rows of the small-input kernels (their per-row scratch is on the stack).
+SMALL_ROWS = 2048
 
 
 def _renamed(fn: Callable, suffix: str) -> Callable:

@@ -45,7 +45,7 @@ from .reduce import (
     row_max_sumexp,
     sumexp_next_max,
 )
-from .schedule import chunk_of, driver
+from .schedule import SMALL_ROWS, chunk_of, driver
 
 #: The most terms of one float32 column sum (in row order) in the column kernels.
 COLUMN_TERMS = 1024
@@ -336,20 +336,23 @@ def softmax_small_direct(xf, of, n_cols, scale, log, total):
 
 
 @njit(fastmath=FASTMATH, **JIT)
-def softmax_rows_small(x, out, scale, log, shift, total):
-    """softmax / log_softmax of a few rows that fit in cache, in three passes
-    over all of them: the maxima, then exp and sum, then the factor.  Rows are
-    independent within a pass, so the CPU overlaps them, which the pipelined
-    kernel's row-to-row dependency prevents (measured 1.5-1.9x faster on
-    rows of 100-128 elements).  ``shift`` (the rows' type) and ``total``
-    (float64) are scratch of one element per row, passed in: a kernel that
-    allocates needs Numba's reference counting, whose atomic count updates
-    on every row view cost 4.4 of 9.5 us on 64 rows of 100."""
+def softmax_rows_small(x, out, scale, log):
+    """softmax / log_softmax of at most :data:`SMALL_ROWS` rows that fit in
+    cache, in three passes over all of them: the maxima, then exp and sum,
+    then the factor.  Rows are independent within a pass, so the CPU overlaps
+    them, which the pipelined kernel's row-to-row dependency prevents
+    (measured 1.5-1.9x faster on rows of 100-128 elements).  The per-row
+    scratch is on the stack: arrays allocated in the kernel would need
+    Numba's reference counting, whose atomic count updates on every row view
+    cost 4.4 of 9.5 us on 64 rows of 100, and two passed in from Python cost
+    0.4 us."""
+    n = x.shape[0]
+    shift = stack_array(SMALL_ROWS, scale)[:n]
+    total = stack_array(SMALL_ROWS, 0.0)[:n]
     if is_c_contiguous(x) and is_c_contiguous(out):
         n_cols = x.shape[1]
         if softmax_small_direct(flat_view(x), flat_view(out), n_cols, scale, log, total):
             return
-    n = x.shape[0]
     in_place = same_buffer(x, out)
     for r in range(n):
         shift[r] = row_max(x[r]) * scale

@@ -37,7 +37,7 @@ from ._math import (
     stack_array,
 )
 from .reduce import lse_of_stats, row_max, sumexp_next_max
-from .schedule import block_bounds, chunk_of, driver
+from .schedule import SMALL_ROWS, block_bounds, chunk_of, driver
 from .softmax import (
     exp_store_sum_next_max,
     same_buffer,
@@ -257,10 +257,6 @@ def index_parts(x, target, w, ignore_index, lse, r0, part_a, part_z, p0):
         a = np.float64(w[tt]) * (lse[i] - np.float64(x[r, tt]))
         part_a[p0 + i] = a if keep else 0.0
         part_z[p0 + i] = lse[i] * lse[i] if keep else 0.0
-
-
-#: The most rows of :func:`xent_index_rows_small`.
-SMALL_ROWS = 2048
 
 
 @njit(fastmath=FASTMATH, **JIT)
