@@ -304,7 +304,6 @@ def test_small_inputs_without_a_max_pass(dtype, rng):
     np.testing.assert_allclose(fastmax.softmax(x).sum(axis=1), 1.0, rtol=1e-5)
 
 
-
 @pytest.mark.parametrize("n_rows", [schedule.SMALL_ROWS, schedule.SMALL_ROWS + 1])
 def test_small_inputs_at_the_row_limit(n_rows, rng):
     """The small kernel keeps its per-row scratch on the stack, for at most
