@@ -211,6 +211,55 @@ def test_small_forward_without_a_max_pass(dtype, rng):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_small_fused_pass(dtype, reduction, rng):
+    """The small fused kernel (one call: the exponentials into the gradient,
+    then their scaling; no max pass for a C-contiguous input within the exp
+    bound) agrees with the row kernel on a strided view of the same values,
+    with the forward, and (plain mean) with softmax minus the one-hot: also
+    with weights and z-loss, a value past the bound, a NaN (the row kernel
+    takes the call), in place, and an ignored target."""
+    x, t = _problem(rng, (64, 100), -1, dtype, "index")
+    t[3] = -100
+    strided = np.empty((64, 200), dtype)[:, ::2]
+    tol = dict(rtol=2e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-14)
+    w = (rng.random(100) + 0.5).astype(dtype)
+    big = 95.0 if dtype == np.float32 else 800.0
+    for bad, kw in itertools.product((None, big, np.nan), ({}, dict(weight=w, z_loss=1e-3))):
+        y = x.copy()
+        if bad is not None:
+            y[5, 7] = bad
+        strided[...] = y
+        kw = dict(kw, reduction=reduction)
+        with np.errstate(invalid="ignore"):
+            loss, grad = fastmax.softmax_cross_entropy_with_grad(y, t, **kw)
+            loss_s, grad_s = fastmax.softmax_cross_entropy_with_grad(strided, t, **kw)
+            forward = fastmax.softmax_cross_entropy(y, t, **kw)
+        np.testing.assert_allclose(loss, loss_s, **tol)
+        np.testing.assert_allclose(loss, forward, **tol)
+        np.testing.assert_allclose(grad, grad_s, **tol)
+        z = y.copy()
+        with np.errstate(invalid="ignore"):
+            loss_z, _ = fastmax.softmax_cross_entropy_with_grad(z, t, out=z, **kw)
+        np.testing.assert_allclose(loss_z, loss, **tol)
+        np.testing.assert_allclose(z, grad, **tol)
+        assert np.all(grad[3] == 0)
+        if reduction == "none":  # a scale per row
+            g = rng.random(64)
+            with np.errstate(invalid="ignore"):
+                back = fastmax.softmax_cross_entropy_backward(y, t, g, **kw)
+                back_s = fastmax.softmax_cross_entropy_backward(strided, t, g, **kw)
+            np.testing.assert_allclose(back, back_s, **tol)
+        if bad is None and not kw.get("z_loss") and reduction == "mean":
+            keep = t != -100
+            onehot = np.zeros_like(y, dtype=np.float64)
+            onehot[np.arange(64), np.where(keep, t, 0)] = 1.0
+            expected = (ref.softmax(y) - onehot) * keep[:, None] / keep.sum()
+            np.testing.assert_allclose(grad, expected, **tol)
+            np.testing.assert_allclose(loss, ref.cross_entropy(y, t), **tol)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("n_cols", [2, 4, 8, 16])
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_many_short_rows_reduced_in_one_call(dtype, n_cols, reduction, rng):

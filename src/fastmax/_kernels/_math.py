@@ -207,19 +207,28 @@ _P64 = (
 def _poly64(r):
     """e^r on [-ln2/2, ln2/2]: degree 10, Estrin (a chain of 4 FMAs).
 
-    Horner's scheme (10 FMAs instead of 13 instructions) runs float64
-    exponential loops 8-9% faster, but float64 sums run in a loop that LLVM
-    vectorizes in an order of its choosing, and with Horner that order was
-    measured to differ between builds of one kernel (serial and parallel,
-    compiled in-process and loaded from the cache): results then depended
-    on the thread count.  float32 sums take :func:`ordered_sum` and use
-    Horner (:func:`_poly32`)."""
+    Horner's scheme (:func:`_poly64_horner`) runs float64 exponential loops
+    8-9% faster, but float64 sums of :func:`exp_term` and
+    :func:`exp_nonpos` run in loops that LLVM vectorizes in an order of its
+    choosing, and with Horner that order was measured to differ between
+    builds of one kernel (serial and parallel, compiled in-process and
+    loaded from the cache): results then depended on the thread count."""
     r2 = r * r
     r4 = r2 * r2
     q0 = (_P64[0] + _P64[1] * r) + (_P64[2] + _P64[3] * r) * r2
     q1 = (_P64[4] + _P64[5] * r) + (_P64[6] + _P64[7] * r) * r2
     q2 = (_P64[8] + _P64[9] * r) + _P64[10] * r2
     return (q0 + q1 * r4) + q2 * (r4 * r4)
+
+
+@njit(fastmath=EXACT_MATH, inline="always", cache=True)
+def _poly64_horner(r):
+    """:func:`_poly64` by Horner's scheme (10 FMAs), for exponentials that are
+    stored (:func:`exp_bounded`; their sums are taken in a fixed order)."""
+    p = _P64[10] * r + _P64[9]
+    for c in _P64[8::-1]:
+        p = p * r + c
+    return p
 
 
 @njit(fastmath=EXACT_MATH, cache=True)
@@ -372,11 +381,16 @@ _TERM32_LO = _F32(-86.0)  # exp(-86) = 4.5e-38, a normal float32
 _TERM64_LO = -700.0  # exp(-700) = 9.9e-305, a normal float64
 
 
-@njit(fastmath=EXACT_MATH, cache=True)
-def _exp_bounded64(x):
+@njit(fastmath=EXACT_MATH, inline="always", cache=True)
+def _exp_reduced64(x, poly):
     t, r = _reduce_nonpos(x, _LOG2E, _SHIFT64, _LN2_HI, _LN2_LO)
     # _SHIFT64_BITS << 52 is 0 modulo 2^64: t's bits shifted are n << 52.
-    return bits_to_float(float_to_bits(_poly64(r)) + (float_to_bits(t) << np.int64(52)))
+    return bits_to_float(float_to_bits(poly(r)) + (float_to_bits(t) << np.int64(52)))
+
+
+@njit(fastmath=EXACT_MATH, cache=True)
+def _exp_bounded64(x):
+    return _exp_reduced64(x, _poly64_horner)
 
 
 @njit(fastmath=EXACT_MATH, cache=True)
@@ -389,7 +403,7 @@ def _exp_bounded32(x):
 
 @njit(fastmath=EXACT_MATH, cache=True)
 def _exp_term64(x):
-    return _exp_bounded64(x if x > _TERM64_LO else _TERM64_LO)
+    return _exp_reduced64(x if x > _TERM64_LO else _TERM64_LO, _poly64)
 
 
 @njit(fastmath=EXACT_MATH, cache=True)

@@ -57,7 +57,7 @@ from .reduce import NEAR_ZERO, logsumexp_of_row, row_max_sumexp
 from .schedule import block_bounds, driver
 from .softmax import same_buffer, softmax_rows_cached_block
 from .softmax import write_row_per_column as softmax_write_per_column
-from .xent import index_parts, xent_index_rows
+from .xent import grad_factor, index_parts, xent_index_rows
 
 _xent_rows_serial = xent_index_rows.serial
 
@@ -552,15 +552,11 @@ def _xent_grad_factors(
         t = target[r]
         keep = t != ignore_index
         tt = t if keep else 0
-        total = np.float64(sums[i])
-        lse = np.float64(shift[i]) + log_pos(total)
-        wt = np.float64(w[tt])
-        a = wt * scale[r]
-        z_term = 2.0 * z_loss * lse * scale_z[r]
-        pa[i] = wt * (lse - np.float64(x[r, tt])) if keep else 0.0
-        pz[i] = lse * lse if keep else 0.0
-        a_nll[i] = a if keep else 0.0
-        factor[i] = like((a + z_term) / total, factor[0]) if keep else like(0.0, factor[0])
+        xt = np.float64(x[r, tt])
+        pa[i], pz[i], a_nll[i], f = grad_factor(
+            keep, xt, np.float64(w[tt]), shift[i], np.float64(sums[i]), scale[r], scale_z[r], z_loss
+        )
+        factor[i] = like(f, factor[0])
 
 
 @driver
