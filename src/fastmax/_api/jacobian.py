@@ -9,7 +9,13 @@ import numpy as np
 
 from .._kernels import jacobian as K
 from .._kernels import short as S
-from .._kernels.schedule import SPLIT_CHUNK, column_chunks, row_blocks, split_rows
+from .._kernels.schedule import (
+    PARALLEL_MIN_ELEMENTS,
+    SPLIT_CHUNK,
+    column_chunks,
+    row_blocks,
+    split_rows,
+)
 from .._layout import contiguous_for_rows, empty_for_rows, rows_view, unit_stride
 from .._validate import (
     as_array,
@@ -34,8 +40,17 @@ def _run(y: np.ndarray, v: np.ndarray, out: np.ndarray, mode: int) -> None:
         chunks = column_chunks(out.shape[1])
         parts = np.zeros((chunks, out.shape[0]))
         K.jvp_cols(size, y.T, v.T, out.T, mode, chunks, parts, np.empty(out.shape[0], out.dtype))
-    elif S.fits_rows(y, out) and v.flags.c_contiguous:
+    else:
+        _run_rows(y, v, out, mode)
+
+
+def _run_rows(y: np.ndarray, v: np.ndarray, out: np.ndarray, mode: int) -> None:
+    """:func:`_run` for views that are not the column kernel's."""
+    size = out.size
+    if S.fits_rows(y, out) and v.flags.c_contiguous:
         S.jvp_short_rows(size, y, v, out, mode, row_blocks(out.shape[0]))
+    elif size < PARALLEL_MIN_ELEMENTS:
+        K.jvp_rows.serial(y, v, out, mode)
     elif size >= 2 * SPLIT_CHUNK and split_rows(*out.shape):
         K.jvp_rows_split(size, y, v, out, mode, SPLIT_CHUNK)
     else:
@@ -76,10 +91,10 @@ def _jacobian_product(primal, tangent, axis, out, mode: int, func: str, pname: s
         # The common call: same shape and dtype, C-contiguous, over the last axis.
         n_cols = primal.shape[-1]
         result = np.empty_like(primal) if out is None else out
-        if primal.ndim == 2:  # a reshape costs 0.1 us
-            _run(primal, tangent, result, mode)
+        if primal.ndim == 2:  # a reshape costs 0.1 us; C-contiguous rows
+            _run_rows(primal, tangent, result, mode)
         else:
-            _run(
+            _run_rows(
                 primal.reshape(-1, n_cols),
                 tangent.reshape(-1, n_cols),
                 result.reshape(-1, n_cols),

@@ -34,7 +34,6 @@ from ._math import (
     VECTOR_BYTES,
     exp,
     exp_bound,
-    exp_bounded,
     exp_nonpos,
     exp_term,
     fmaximum,
@@ -55,7 +54,7 @@ from .jacobian import LOG_JVP, SOFTMAX, row_sum, write_row_per_column
 from .jacobian import write_row as jvp_write_row
 from .reduce import NEAR_ZERO, logsumexp_of_row, row_max_sumexp
 from .schedule import block_bounds, driver
-from .softmax import same_buffer, softmax_rows_cached_block
+from .softmax import exp_bounded_worst, same_buffer, softmax_rows_cached_block
 from .softmax import write_row_per_column as softmax_write_per_column
 from .xent import grad_factor, index_parts, xent_index_rows
 
@@ -126,15 +125,6 @@ def fits_rows(src, dst=None) -> bool:
     )
 
 
-@njit(fastmath=FASTMATH, inline="always", **JIT)
-def _exp_part(xs, scale, es, worst):
-    for k in range(xs.size):
-        v = xs[k] * scale
-        worst = fmaximum(worst, abs(v))  # NaN if any v is
-        es[k] = exp_bounded(v)
-    return worst
-
-
 @njit(fastmath=FASTMATH, **JIT)
 def _block_exp(xb, scale, e, ahead, ahead_out):
     """``e = exp(xb * scale)`` by :func:`exp_bounded`, with no shift: True if
@@ -160,7 +150,7 @@ def _block_exp(xb, scale, e, ahead, ahead_out):
         k1 = (q + 1) * n // EXP_PARTS
         prefetch(ahead[k0:k1])
         prefetch_for_write(ahead_out[k0:k1])
-        worst = _exp_part(xb[k0:k1], scale, e[k0:k1], worst)
+        worst = exp_bounded_worst(xb[k0:k1], scale, e[k0:k1], worst)
     return worst <= exp_bound(scale)
 
 

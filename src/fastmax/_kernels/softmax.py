@@ -290,6 +290,19 @@ def within_bound(xf, scale):
     return worst <= exp_bound(scale)
 
 
+@njit(fastmath=FASTMATH, inline="always", **JIT)
+def exp_bounded_worst(xf, scale, of, worst):
+    """``of = exp_bounded(xf * scale)`` (``of`` not ``xf``) and, in the same
+    loop, the max of ``worst`` and every ``|xf * scale|`` (NaN if one is):
+    one pass where :func:`within_bound` and then the exponentials take two;
+    ``of`` is meaningless if the result is over :func:`exp_bound`."""
+    for k in range(xf.size):
+        v = xf[k] * scale
+        worst = fmaximum(worst, abs(v))
+        of[k] = exp_bounded(v)
+    return worst
+
+
 @njit(fastmath=FASTMATH, **JIT)
 def softmax_small_direct(xf, of, n_cols, scale, log, total):
     """softmax / log_softmax of C-contiguous rows of ``n_cols`` that fit in
@@ -299,7 +312,7 @@ def softmax_small_direct(xf, of, n_cols, scale, log, total):
     flat loop of ``exp(v)`` into ``of``, then per row its sum and the
     scaling, or the log of the sum (in float64, split into two floats)
     taken off ``v``.  Measured on 64 x 100 float32: 4.4 -> 2.5 us.  False
-    (nothing written) if the bound does not hold, for rows of one element
+    (``of`` unspecified) if the bound does not hold, for rows of one element
     (exactly 1 or 0 on the shifted path), for a float64 log_softmax (whose
     ``v - log(sum)`` would lose the low bits that ``v - max`` keeps) and
     for a log_softmax in place (``of`` holds the exponentials before ``xf``
@@ -307,14 +320,13 @@ def softmax_small_direct(xf, of, n_cols, scale, log, total):
     in_place = same_buffer(xf, of)
     if n_cols < 2 or (log and (not is_single(xf) or in_place)):
         return False
-    if not within_bound(xf, scale):
-        return False
     if in_place:
+        if not within_bound(xf, scale):
+            return False
         for k in range(of.size):
             of[k] = exp_bounded(of[k] * scale)
-    else:
-        for k in range(xf.size):
-            of[k] = exp_bounded(xf[k] * scale)
+    elif not exp_bounded_worst(xf, scale, of, like(0.0, scale)) <= exp_bound(scale):
+        return False
     n_rows = total.size
     for r in range(n_rows):
         total[r] = ordered_sum(of[r * n_cols : (r + 1) * n_cols])

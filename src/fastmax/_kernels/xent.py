@@ -28,6 +28,7 @@ from numba import njit, prange
 
 from .._config import EXACT_MATH, FASTMATH, JIT
 from ._math import (
+    exp_bound,
     exp_bounded,
     exp_nonpos,
     flat_view,
@@ -41,6 +42,7 @@ from ._math import (
 from .reduce import ACC_RUN, lse_of_stats, row_max, sumexp_next_max
 from .schedule import SMALL_ROWS, block_bounds, chunk_of, driver
 from .softmax import (
+    exp_bounded_worst,
     exp_store_sum_next_max,
     same_buffer,
     within_bound,
@@ -286,19 +288,21 @@ def xent_index_rows_small(x, target, w, ignore_index, part_a, part_z):
     lse = stack_array(SMALL_ROWS, 0.0)[:n]
     pa = part_a if part_a.size == n else stack_array(SMALL_ROWS, 0.0)[:n]
     pz = part_z if part_z.size == n else stack_array(SMALL_ROWS, 0.0)[:n]
-    if n_cols <= ACC_RUN and is_c_contiguous(x) and within_bound(flat_view(x), one):
+    direct = n_cols <= ACC_RUN and is_c_contiguous(x)
+    if direct:
         xf = flat_view(x)
         buf = stack_array(SMALL_CHUNK, one)
         rows = max(1, SMALL_CHUNK // n_cols)
         for r0 in range(0, n, rows):
             r1 = min(r0 + rows, n)
             seg = xf[r0 * n_cols : r1 * n_cols]
-            for k in range(seg.size):
-                buf[k] = exp_bounded(seg[k])
+            if not exp_bounded_worst(seg, one, buf, like(0.0, one)) <= exp_bound(one):
+                direct = False
+                break
             for r in range(r0, r1):
                 k0 = (r - r0) * n_cols
                 lse[r] = log_pos(ordered_sum(buf[k0 : k0 + n_cols]))
-    else:
+    if not direct:
         for r in range(n):
             shift[r] = row_max(x[r])
         for r in range(n):
@@ -359,15 +363,18 @@ def xent_index_grad_rows_small(
     for r in range(n):
         t = target[r]
         xt[r] = np.float64(x[r, t if t != ignore_index else 0])
-    if is_c_contiguous(x) and is_c_contiguous(out) and within_bound(flat_view(x), one):
+    direct = is_c_contiguous(x) and is_c_contiguous(out)
+    if direct:
         xf = flat_view(x)
         of = flat_view(out)
-        if same_buffer(xf, of):  # one array for both: equal pointers would not vectorize
-            for k in range(of.size):
-                of[k] = exp_bounded(of[k])
+        if same_buffer(xf, of):  # the bound first: x is overwritten
+            direct = within_bound(xf, one)
+            if direct:
+                for k in range(of.size):
+                    of[k] = exp_bounded(of[k])
         else:
-            for k in range(of.size):
-                of[k] = exp_bounded(xf[k])
+            direct = exp_bounded_worst(xf, one, of, like(0.0, one)) <= exp_bound(one)
+    if direct:
         for r in range(n):
             shift[r] = 0.0
             sums[r] = ordered_sum(out[r])
