@@ -585,13 +585,19 @@ def _small_reduced(pb: _Problem, grad_rows: np.ndarray | None = None):
     if grad_rows is None:
         total, z = K.xent_index_rows_small(*args, _NO_PARTS, _NO_PARTS)
     else:
-        mean = pb.reduction == "mean"
-        scale = np.array([_divide(1.0, pb.denominator) if mean else 1.0])
-        scale_z = np.array([_divide(1.0, max(pb.kept, 1)) if mean else 1.0])
+        s, s_z = _reduced_scales(pb, 1.0)
         total, z = K.xent_index_grad_rows_small(
-            *args, pb.z_loss, _NO_PARTS, _NO_PARTS, grad_rows, scale, scale_z
+            *args, pb.z_loss, _NO_PARTS, _NO_PARTS, grad_rows, np.array([s]), np.array([s_z])
         )
     return _loss_of_sums(pb, total, z if pb.z_loss else 0.0)
+
+
+def _reduced_scales(pb: _Problem, g: float) -> tuple[float, float]:
+    """The gradient's two multipliers for a reduced loss ("mean"/"sum") and
+    upstream gradient ``g``: of the NLL part and of the z-loss part."""
+    if pb.reduction == "sum":
+        return g, g
+    return _divide(g, pb.denominator), _divide(g, max(pb.kept, 1))
 
 
 def _scales(pb: _Problem, grad: Any, grad_rows: np.ndarray):
@@ -619,10 +625,8 @@ def _scales(pb: _Problem, grad: Any, grad_rows: np.ndarray):
             f"{pb.func}: grad must be a scalar for reduction={pb.reduction!r}, "
             f"got shape {np.shape(grad)}"
         )
-    g = float(grad)
-    if pb.reduction == "sum":
-        return np.full(n, g), np.full(n, g)
-    return np.full(n, _divide(g, pb.denominator)), np.full(n, _divide(g, max(pb.kept, 1)))
+    s, s_z = _reduced_scales(pb, float(grad))
+    return np.full(n, s), np.full(n, s_z)
 
 
 def _gradient_buffer(pb: _Problem, out: Any):

@@ -393,12 +393,19 @@ def _exp_bounded64(x):
     return _exp_reduced64(x, _poly64_horner)
 
 
+@njit(fastmath=EXACT_MATH, inline="always", cache=True)
+def _times_pow2_32(p, t):
+    """``p * 2^n`` for ``t``, the sum that rounded ``x / ln2`` to ``n`` with
+    :data:`_SHIFT32`: ``_SHIFT32_BITS << 23`` is 0 modulo 2^32, so t's bits
+    shifted are ``n << 23``, added straight into p's exponent field."""
+    k = np.int32(float_to_bits(t) << np.int32(23))
+    return bits_to_float(np.int32(float_to_bits(p) + k))
+
+
 @njit(fastmath=EXACT_MATH, cache=True)
 def _exp_bounded32(x):
     t, r = _reduce_nonpos(x, _LOG2E_F, _SHIFT32, _LN2_HI_F, _LN2_LO_F)
-    # _SHIFT32_BITS << 23 is 0 modulo 2^32: t's bits shifted are n << 23.
-    k = np.int32(float_to_bits(t) << np.int32(23))
-    return bits_to_float(np.int32(float_to_bits(_poly32(r)) + k))
+    return _times_pow2_32(_poly32(r), t)
 
 
 @njit(fastmath=EXACT_MATH, cache=True)
@@ -416,8 +423,7 @@ def _exp_term32(x):
     t = xc * _LOG2E_F + _SHIFT32
     n = t - _SHIFT32
     r = xc - n * _LN2_F
-    k = np.int32(float_to_bits(t) << np.int32(23))
-    return bits_to_float(np.int32(float_to_bits(_poly32(r)) + k))
+    return _times_pow2_32(_poly32(r), t)
 
 
 def exp_term(x):  # pragma: no cover - replaced by the overload in jitted code

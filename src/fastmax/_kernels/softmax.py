@@ -304,6 +304,21 @@ def exp_bounded_worst(xf, scale, of, worst):
 
 
 @njit(fastmath=FASTMATH, **JIT)
+def exp_within_bound(xf, of, scale):
+    """``of = exp_bounded(xf * scale)`` if every ``|xf * scale|`` is within
+    :func:`exp_bound` (True), else False.  ``of`` may be ``xf``: in place
+    the bound is tested first and ``of`` is left as it was on False;
+    otherwise one loop does both and ``of`` is unspecified on False."""
+    if same_buffer(xf, of):
+        if not within_bound(xf, scale):
+            return False
+        for k in range(of.size):
+            of[k] = exp_bounded(of[k] * scale)
+        return True
+    return exp_bounded_worst(xf, scale, of, like(0.0, scale)) <= exp_bound(scale)
+
+
+@njit(fastmath=FASTMATH, **JIT)
 def softmax_small_direct(xf, of, n_cols, scale, log, total):
     """softmax / log_softmax of C-contiguous rows of ``n_cols`` that fit in
     cache, as flat arrays (``of`` may be ``xf``), without a max pass, where
@@ -317,15 +332,9 @@ def softmax_small_direct(xf, of, n_cols, scale, log, total):
     ``v - log(sum)`` would lose the low bits that ``v - max`` keeps) and
     for a log_softmax in place (``of`` holds the exponentials before ``xf``
     is read again): :func:`softmax_rows_small` goes on then."""
-    in_place = same_buffer(xf, of)
-    if n_cols < 2 or (log and (not is_single(xf) or in_place)):
+    if n_cols < 2 or (log and (not is_single(xf) or same_buffer(xf, of))):
         return False
-    if in_place:
-        if not within_bound(xf, scale):
-            return False
-        for k in range(of.size):
-            of[k] = exp_bounded(of[k] * scale)
-    elif not exp_bounded_worst(xf, scale, of, like(0.0, scale)) <= exp_bound(scale):
+    if not exp_within_bound(xf, of, scale):
         return False
     n_rows = total.size
     for r in range(n_rows):

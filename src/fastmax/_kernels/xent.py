@@ -29,7 +29,6 @@ from numba import njit, prange
 from .._config import EXACT_MATH, FASTMATH, JIT
 from ._math import (
     exp_bound,
-    exp_bounded,
     exp_nonpos,
     flat_view,
     fmaximum,
@@ -44,8 +43,8 @@ from .schedule import SMALL_ROWS, block_bounds, chunk_of, driver
 from .softmax import (
     exp_bounded_worst,
     exp_store_sum_next_max,
+    exp_within_bound,
     same_buffer,
-    within_bound,
     write_row,
     write_row_per_column,
 )
@@ -364,33 +363,26 @@ def xent_index_grad_rows_small(
         t = target[r]
         xt[r] = np.float64(x[r, t if t != ignore_index else 0])
     direct = is_c_contiguous(x) and is_c_contiguous(out)
-    if direct:
-        xf = flat_view(x)
-        of = flat_view(out)
-        if same_buffer(xf, of):  # the bound first: x is overwritten
-            direct = within_bound(xf, one)
-            if direct:
-                for k in range(of.size):
-                    of[k] = exp_bounded(of[k])
-        else:
-            direct = exp_bounded_worst(xf, one, of, like(0.0, one)) <= exp_bound(one)
+    if direct:  # on False, x (even in place) is as it was
+        direct = exp_within_bound(flat_view(x), flat_view(out), one)
     if direct:
         for r in range(n):
             shift[r] = 0.0
             sums[r] = ordered_sum(out[r])
     else:
+        finite = True
         for r in range(n):
             shift[r] = row_max(x[r])
-        for r in range(n):
-            if not (abs(shift[r]) < np.inf):
-                for i in range(n):  # one row at a time: the scales may be one for all
-                    k = i * step
-                    _xent_index_rows_serial(
-                        x[i : i + 1], target[i : i + 1], w, ignore_index, 0.0, z_loss,
-                        pa[i : i + 1], pz[i : i + 1], True, out[i : i + 1],
-                        scale[k : k + 1], scale_z[k : k + 1], 1,
-                    )  # fmt: skip
-                return ordered_sum(pa), ordered_sum(pz)
+            finite &= abs(shift[r]) < np.inf
+        if not finite:
+            for i in range(n):  # one row at a time: the scales may be one for all
+                k = i * step
+                _xent_index_rows_serial(
+                    x[i : i + 1], target[i : i + 1], w, ignore_index, 0.0, z_loss,
+                    pa[i : i + 1], pz[i : i + 1], True, out[i : i + 1],
+                    scale[k : k + 1], scale_z[k : k + 1], 1,
+                )  # fmt: skip
+            return ordered_sum(pa), ordered_sum(pz)
         in_place = same_buffer(x, out)
         for r in range(n):
             sums[r], _ = exp_store_sum_next_max(x[r], out[r], x[r], one, shift[r], in_place)
