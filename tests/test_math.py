@@ -28,8 +28,10 @@ from fastmax._kernels._math import (
     is_single,
     log_pos,
     log_pos32,
+    ordered_dot,
     ordered_sum,
     prefetch,
+    scaled_difference,
     segment_allreduce,
     segment_rows,
     segment_spread,
@@ -296,6 +298,72 @@ def test_ordered_sum_is_the_same_inside_a_fast_math_loop():
     x = np.random.default_rng(3).standard_normal(10_000).astype(np.float32) ** 2
     expected = sum(_ordered_sum(x[i : i + 1000]) for i in range(0, x.size, 1000))
     assert per_run(x, 1000) == expected
+
+
+@njit(cache=False)
+def _ordered_dot(a, b):
+    return ordered_dot(a, b)
+
+
+@njit(fastmath=FASTMATH, cache=False)
+def _ordered_dot_fast_math(a, b, scale):
+    # A caller whose own products and sums may be fused or reordered.
+    return ordered_dot(a, b) * scale + 0.0
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [0, 1, 15, 16, 17, 63, 64, 65, 100, 1000, 4099])
+def test_ordered_dot_is_the_documented_order(dtype, n):
+    rng = np.random.default_rng(n)
+    # Products of at most 12 significant bits are exact in either type, so
+    # each fused multiply-add rounds like the sum of the products.
+    a = (rng.integers(-64, 65, n) * 2.0 ** rng.integers(-20, 20, n)).astype(dtype)
+    b = rng.integers(-64, 65, n).astype(dtype)
+    assert _ordered_dot(a, b) == _ordered_sum_reference(a * b)  # bit for bit
+    wide = np.zeros((2, 3 * n), dtype)
+    wide[0, ::3], wide[1, 1::3] = a, b
+    assert _ordered_dot(wide[0, ::3], wide[1, 1::3]) == _ordered_dot(a, b)  # strided
+    assert _ordered_dot(a, b[::-1][::-1]) == _ordered_dot(a, b)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_ordered_dot_rounds_once_per_product_in_any_caller(dtype):
+    """Each product is fused with its add in every compiled copy, also where
+    the caller lets LLVM fuse what it likes: the same bits, and close to the
+    float64 (or longdouble) dot product."""
+    rng = np.random.default_rng(7)
+    for n in (5, 100, 2048):
+        a = rng.standard_normal(n).astype(dtype)
+        b = rng.standard_normal(n).astype(dtype)
+        got = _ordered_dot(a, b)
+        assert _ordered_dot_fast_math(a, b, 1.0) == got
+        exact = float(np.dot(a.astype(np.longdouble), b.astype(np.longdouble)))
+        bound = np.finfo(dtype).eps * float(np.abs(a * b).sum()) * 8
+        assert abs(got - exact) <= bound
+
+
+@njit(cache=False)
+def _scaled_difference(y, v, out, s):
+    scaled_difference(y, v, out, s)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_scaled_difference_writes_each_element_and_no_other(dtype):
+    rng = np.random.default_rng(5)
+    for n in [*range(40), 100, 1001]:
+        y = rng.standard_normal(n).astype(dtype)
+        v = rng.standard_normal(n).astype(dtype)
+        s = dtype(rng.standard_normal())
+        expected = y * (v - s)  # elementwise in the type: the same roundings
+        buf = np.full(n + 20, 7.0, dtype)
+        _scaled_difference(y, v, buf[3 : 3 + n], s)
+        np.testing.assert_array_equal(buf[3 : 3 + n], expected)
+        assert (buf[:3] == 7.0).all() and (buf[3 + n :] == 7.0).all()
+        y_out, v_out = y.copy(), v.copy()  # out is one of the inputs
+        _scaled_difference(y_out, v, y_out, s)
+        _scaled_difference(y, v_out, v_out, s)
+        np.testing.assert_array_equal(y_out, expected)
+        np.testing.assert_array_equal(v_out, expected)
 
 
 def test_stack_array_and_is_single():

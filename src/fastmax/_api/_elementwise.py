@@ -40,14 +40,20 @@ def fast_out(out: Any, x: np.ndarray, *others: np.ndarray) -> bool:
     shape and dtype that is each input itself or shares no memory with it."""
     if out is None:
         return True
-    return (
-        type(out) is np.ndarray
-        and out.dtype == x.dtype
-        and out.shape == x.shape
-        and out.flags.c_contiguous
-        and out.flags.writeable
-        and all(out is a or not np.may_share_memory(out, a) for a in (x, *others))
-    )
+    if type(out) is not np.ndarray:
+        return False
+    flags = out.flags
+    if not (
+        out.dtype == x.dtype and out.shape == x.shape and flags.c_contiguous and flags.writeable
+    ):
+        return False
+    owns = flags.owndata
+    for a in (x, *others):
+        # Two arrays that each own their data are two allocations (quicker
+        # to ask than np.may_share_memory, which computes both extents).
+        if out is not a and not (owns and a.flags.owndata) and np.may_share_memory(out, a):
+            return False
+    return True
 
 
 @dataclass

@@ -47,7 +47,9 @@ def _run(y: np.ndarray, v: np.ndarray, out: np.ndarray, mode: int) -> None:
 def _run_rows(y: np.ndarray, v: np.ndarray, out: np.ndarray, mode: int) -> None:
     """:func:`_run` for views that are not the column kernel's."""
     size = out.size
-    if S.fits_rows(y, out) and v.flags.c_contiguous:
+    if size < PARALLEL_MIN_ELEMENTS and out.shape[1] * out.itemsize > S.VECTOR_BYTES:
+        K.jvp_rows.serial(y, v, out, mode)  # small: the common case first
+    elif S.fits_rows(y, out) and v.flags.c_contiguous:
         S.jvp_short_rows(size, y, v, out, mode, row_blocks(out.shape[0]))
     elif size < PARALLEL_MIN_ELEMENTS:
         K.jvp_rows.serial(y, v, out, mode)
@@ -86,7 +88,7 @@ def _jacobian_product(primal, tangent, axis, out, mode: int, func: str, pname: s
         and tangent.shape == primal.shape
         and tangent.dtype == primal.dtype
         and tangent.flags.c_contiguous
-        and fast_out(out, primal, tangent)
+        and (out is None or fast_out(out, primal, tangent))
     ):
         # The common call: same shape and dtype, C-contiguous, over the last axis.
         n_cols = primal.shape[-1]

@@ -863,58 +863,108 @@ SUM_LANES = 16
 SUM_ACCUMULATORS = 4
 
 
-@intrinsic
-def ordered_sum(typingctx, arr):
-    """Sum of a 1-D float array as float64, in an order fixed by this code.
+def _vector_suffix(vty):
+    """The LLVM intrinsics' name suffix of a float vector type (``v16f32``)."""
+    return f"v{vty.count}f{64 if isinstance(vty.element, ir.DoubleType) else 32}"
 
-    Chunks of ``SUM_LANES * SUM_ACCUMULATORS`` elements are added lane by
-    lane into that many accumulators (in the array's type); the accumulators
-    are added into one in a fixed tree, which then takes the remaining whole
-    chunks of ``SUM_LANES`` and, in its first lanes, the last
-    ``size % SUM_LANES`` elements; its lanes are then added in float64 by
-    halves (lanes ``j`` and ``j + half``) down to one.
 
-    A vectorized reduction in a jitted loop runs in whatever order LLVM's
-    vectorizer picks for the function it is compiled into, which was measured
-    to differ between a kernel compiled in-process and the same kernel loaded
-    from the compile cache.  This one is written out in IR, without
-    reassociation, so every compiled copy gives the same bits."""
-    if not isinstance(arr, types.Array) or arr.ndim != 1:
-        return None
-    if arr.dtype not in (types.float32, types.float64):
-        return None
+def _splat(builder, value, lanes):
+    """A vector of ``lanes`` copies of a scalar IR value."""
+    i32 = ir.IntType(32)
+    vec = builder.insert_element(
+        ir.Constant(ir.VectorType(value.type, lanes), ir.Undefined), value, i32(0)
+    )
+    return builder.shuffle_vector(vec, vec, ir.Constant(ir.VectorType(i32, lanes), [0] * lanes))
+
+
+def _lane_mask(builder, count, lanes):
+    """The mask of the first ``count`` (an integer IR value below ``lanes``) lanes."""
+    i32 = ir.IntType(32)
+    limit = _splat(builder, builder.trunc(count, i32), lanes)
+    return builder.icmp_signed(
+        "<", ir.Constant(ir.VectorType(i32, lanes), list(range(lanes))), limit
+    )
+
+
+def _masked_load(builder, ptr, mask):
+    """The masked lanes of the vector at ``ptr``, zeros in the others; the
+    other lanes' memory is not accessed."""
+    vty = ptr.type.pointee
+    i32 = ir.IntType(32)
+    fn = cgutils.get_or_insert_function(
+        builder.module,
+        ir.FunctionType(vty, [ptr.type, i32, mask.type, vty]),
+        f"llvm.masked.load.{_vector_suffix(vty)}.p0",
+    )
+    return builder.call(fn, [ptr, i32(1), mask, ir.Constant(vty, [0.0] * vty.count)])
+
+
+def _masked_store(builder, value, ptr, mask):
+    """Store the masked lanes of ``value`` at ``ptr``; the others are untouched."""
+    i32 = ir.IntType(32)
+    fn = cgutils.get_or_insert_function(
+        builder.module,
+        ir.FunctionType(ir.VoidType(), [value.type, ptr.type, i32, mask.type]),
+        f"llvm.masked.store.{_vector_suffix(value.type)}.p0",
+    )
+    builder.call(fn, [value, ptr, i32(1), mask])
+
+
+def _fma(builder, a, b, c):
+    """``a * b + c`` rounded once (vectors of one type)."""
+    fn = cgutils.get_or_insert_function(
+        builder.module,
+        ir.FunctionType(a.type, [a.type] * 3),
+        f"llvm.fma.{_vector_suffix(a.type)}",
+    )
+    return builder.call(fn, [a, b, c])
+
+
+def _ordered_codegen(n_arrays):
+    """Code for :func:`ordered_sum` (one array) and :func:`ordered_dot` (two:
+    each product added to its lane by a fused multiply-add)."""
     lanes = SUM_LANES
     wide = SUM_LANES * SUM_ACCUMULATORS
 
     def codegen(context, builder, signature, args):
-        aryty = signature.args[0]
-        ary = context.make_array(aryty)(context, builder, args[0])
-        elt = context.get_data_type(aryty.dtype)
+        arytys = signature.args
+        arys = [
+            context.make_array(t)(context, builder, a) for t, a in zip(arytys, args, strict=True)
+        ]
+        elt = context.get_data_type(arytys[0].dtype)
         f64 = ir.DoubleType()
         i32 = ir.IntType(32)
-        n = builder.extract_value(ary.shape, 0)
-        stride = builder.extract_value(ary.strides, 0)
-        byte_ptr = builder.bitcast(ary.data, ir.IntType(8).as_pointer())
+        n = builder.extract_value(arys[0].shape, 0)
+        strides = [builder.extract_value(a.strides, 0) for a in arys]
+        byte_ptrs = [builder.bitcast(a.data, ir.IntType(8).as_pointer()) for a in arys]
         intp = n.type
+        itemsize = intp(context.get_abi_sizeof(elt))
 
-        def element_ptr(index):
-            offset = builder.mul(index, stride)
-            return builder.bitcast(builder.gep(byte_ptr, [offset]), elt.as_pointer())
+        def element_ptr(k, index):
+            offset = builder.mul(index, strides[k])
+            return builder.bitcast(builder.gep(byte_ptrs[k], [offset]), elt.as_pointer())
 
-        def load_chunk(start, width, contiguous):
-            vty = ir.VectorType(elt, width)
+        def vector_ptr(k, index, width):
+            return builder.bitcast(element_ptr(k, index), ir.VectorType(elt, width).as_pointer())
+
+        def add_terms(acc, chunks):  # one chunk of each array
+            if n_arrays == 1:
+                return builder.fadd(acc, chunks[0])
+            return _fma(builder, chunks[0], chunks[1], acc)
+
+        def load_chunk(k, start, width, contiguous):
             if contiguous:
-                return builder.load(builder.bitcast(element_ptr(start), vty.as_pointer()), align=1)
-            chunk = ir.Constant(vty, ir.Undefined)
+                return builder.load(vector_ptr(k, start, width), align=1)
+            chunk = ir.Constant(ir.VectorType(elt, width), ir.Undefined)
             for j in range(width):
-                v = builder.load(element_ptr(builder.add(start, intp(j))))
+                v = builder.load(element_ptr(k, builder.add(start, intp(j))))
                 chunk = builder.insert_element(chunk, v, i32(j))
             return chunk
 
         def accumulate(acc, start, stop, width, contiguous):
             with cgutils.for_range_slice(builder, start, stop, intp(width)) as (i, _):
-                chunk = load_chunk(i, width, contiguous)
-                builder.store(builder.fadd(builder.load(acc), chunk), acc)
+                chunks = [load_chunk(k, i, width, contiguous) for k in range(n_arrays)]
+                builder.store(add_terms(builder.load(acc), chunks), acc)
 
         def whole(width):  # n rounded down to a multiple of width
             return builder.mul(builder.sdiv(n, intp(width)), intp(width))
@@ -937,55 +987,41 @@ def ordered_sum(typingctx, arr):
             builder.store(parts[0], acc)
             accumulate(acc, n_wide, n_lanes, lanes, contiguous)
 
-        if aryty.layout == "C":
+        all_c = all(t.layout == "C" for t in arytys)
+        if all_c:
             lane_sums(True)
         else:
-            unit = builder.icmp_signed("==", stride, intp(context.get_abi_sizeof(elt)))
+            unit = cgutils.true_bit
+            for stride in strides:
+                unit = builder.and_(unit, builder.icmp_signed("==", stride, itemsize))
             with builder.if_else(unit, likely=True) as (then, otherwise):
                 with then:
                     lane_sums(True)
                 with otherwise:
                     lane_sums(False)
         # The last n % SUM_LANES elements go to the first lanes (the others 0).
-        vty = ir.VectorType(elt, lanes)
-        zero_lanes = ir.Constant(vty, [0.0] * lanes)
+        zero = ir.Constant(elt, 0.0)
 
-        def gathered_tail():
-            tail = zero_lanes
+        def gathered_tail(k):
+            tail = ir.Constant(ir.VectorType(elt, lanes), [0.0] * lanes)
             last = builder.sub(n, intp(1))
             for j in range(lanes):
                 index = builder.add(n_lanes, intp(j))
                 inside = builder.icmp_signed("<", index, n)
-                v = builder.load(element_ptr(builder.select(inside, index, last)))
-                v = builder.select(inside, v, ir.Constant(elt, 0.0))
-                tail = builder.insert_element(tail, v, i32(j))
+                v = builder.load(element_ptr(k, builder.select(inside, index, last)))
+                tail = builder.insert_element(tail, builder.select(inside, v, zero), i32(j))
             return tail
 
-        def masked_tail():
-            # One masked load (no access to the lanes past the end).
-            count = builder.trunc(builder.sub(n, n_lanes), i32)
-            lane_ids = ir.Constant(ir.VectorType(i32, lanes), list(range(lanes)))
-            limit = builder.insert_element(
-                ir.Constant(ir.VectorType(i32, lanes), ir.Undefined), count, i32(0)
-            )
-            limit = builder.shuffle_vector(
-                limit, limit, ir.Constant(ir.VectorType(i32, lanes), [0] * lanes)
-            )
-            mask = builder.icmp_signed("<", lane_ids, limit)
-            ptr = builder.bitcast(element_ptr(n_lanes), vty.as_pointer())
-            load = cgutils.get_or_insert_function(
-                builder.module,
-                ir.FunctionType(vty, [vty.as_pointer(), i32, mask.type, vty]),
-                f"llvm.masked.load.v{lanes}f{aryty.dtype.bitwidth}.p0",
-            )
-            return builder.call(load, [ptr, i32(1), mask, zero_lanes])
-
         with builder.if_then(builder.icmp_signed("<", n_lanes, n)):
-            if aryty.layout == "C":
-                tail = masked_tail()
+            if all_c:  # one masked load per array (no access past the end)
+                mask = _lane_mask(builder, builder.sub(n, n_lanes), lanes)
+                tails = [
+                    _masked_load(builder, vector_ptr(k, n_lanes, lanes), mask)
+                    for k in range(n_arrays)
+                ]
             else:
-                tail = gathered_tail()
-            builder.store(builder.fadd(builder.load(acc), tail), acc)
+                tails = [gathered_tail(k) for k in range(n_arrays)]
+            builder.store(add_terms(builder.load(acc), tails), acc)
         vec = builder.load(acc)
         if elt != f64:
             vec = builder.fpext(vec, ir.VectorType(f64, lanes))
@@ -1002,4 +1038,106 @@ def ordered_sum(typingctx, arr):
             width = half
         return builder.extract_element(vec, i32(0))
 
-    return types.float64(arr), codegen
+    return codegen
+
+
+def _float_vector(arr):
+    return (
+        isinstance(arr, types.Array)
+        and arr.ndim == 1
+        and arr.dtype in (types.float32, types.float64)
+    )
+
+
+@intrinsic
+def ordered_sum(typingctx, arr):
+    """Sum of a 1-D float array as float64, in an order fixed by this code.
+
+    Chunks of ``SUM_LANES * SUM_ACCUMULATORS`` elements are added lane by
+    lane into that many accumulators (in the array's type); the accumulators
+    are added into one in a fixed tree, which then takes the remaining whole
+    chunks of ``SUM_LANES`` and, in its first lanes, the last
+    ``size % SUM_LANES`` elements; its lanes are then added in float64 by
+    halves (lanes ``j`` and ``j + half``) down to one.
+
+    A vectorized reduction in a jitted loop runs in whatever order LLVM's
+    vectorizer picks for the function it is compiled into, which was measured
+    to differ between a kernel compiled in-process and the same kernel loaded
+    from the compile cache.  This one is written out in IR, without
+    reassociation, so every compiled copy gives the same bits."""
+    if not _float_vector(arr):
+        return None
+    return types.float64(arr), _ordered_codegen(1)
+
+
+@intrinsic
+def ordered_dot(typingctx, a, b):
+    """The sum of ``a * b`` for two 1-D arrays of one float type, ``b`` at
+    least as long as ``a`` (not checked), in :func:`ordered_sum`'s order:
+    each product is added to its lane by a fused multiply-add (one rounding;
+    an explicit FMA, so a caller compiled with fast math cannot fuse some
+    products and not others), with no array of products."""
+    if not (_float_vector(a) and _float_vector(b) and a.dtype == b.dtype):
+        return None
+    return types.float64(a, b), _ordered_codegen(2)
+
+
+#: Vectors per iteration of :func:`scaled_difference`'s main loop.
+SCALED_UNROLL = 4
+
+
+@intrinsic
+def scaled_difference(typingctx, y, v, out, s):
+    """``out = y * (v - s)`` for 1-D arrays of one float type with unit
+    strides (not checked) and ``s`` of that type, a vector register
+    (``VECTOR_BYTES``) a step and the last elements by masked loads and stores.  A
+    loop for this runs its remainder one element at a time, most of the work
+    on rows of a few dozen elements.  ``out`` may be ``y`` or ``v``: each
+    step loads before it stores."""
+    if not (all(_float_vector(a) and a.dtype == out.dtype for a in (y, v, out)) and s == out.dtype):
+        return None
+
+    def codegen(context, builder, signature, args):
+        arys = [
+            context.make_array(t)(context, builder, a)
+            for t, a in zip(signature.args[:3], args[:3], strict=True)
+        ]
+        elt = context.get_data_type(out.dtype)
+        lanes = VECTOR_BYTES // context.get_abi_sizeof(elt)
+        vty = ir.VectorType(elt, lanes)
+        n = builder.extract_value(arys[2].shape, 0)
+        intp = n.type
+        scalar = _splat(builder, args[3], lanes)
+
+        def ptr(k, index):
+            return builder.bitcast(builder.gep(arys[k].data, [index]), vty.as_pointer())
+
+        def steps_at(starts):
+            # All loads first, then the stores: a store does not wait on the
+            # next vector's loads (which the hardware may think it aliases).
+            values = [
+                builder.fmul(
+                    builder.load(ptr(0, i), align=1),
+                    builder.fsub(builder.load(ptr(1, i), align=1), scalar),
+                )
+                for i in starts
+            ]
+            for i, value in zip(starts, values, strict=True):
+                builder.store(value, ptr(2, i), align=1)
+
+        def whole(width):  # n rounded down to a multiple of width
+            return builder.mul(builder.sdiv(n, intp(width)), intp(width))
+
+        width = SCALED_UNROLL * lanes
+        unrolled, steps = whole(width), whole(lanes)
+        with cgutils.for_range_slice(builder, intp(0), unrolled, intp(width)) as (i, _):
+            steps_at([builder.add(i, intp(u * lanes)) for u in range(SCALED_UNROLL)])
+        with cgutils.for_range_slice(builder, unrolled, steps, intp(lanes)) as (i, _):
+            steps_at([i])
+        with builder.if_then(builder.icmp_signed("<", steps, n)):
+            mask = _lane_mask(builder, builder.sub(n, steps), lanes)
+            a, b = (_masked_load(builder, ptr(k, steps), mask) for k in (0, 1))
+            _masked_store(builder, builder.fmul(a, builder.fsub(b, scalar)), ptr(2, steps), mask)
+        return context.get_dummy_value()
+
+    return types.none(y, v, out, s), codegen

@@ -13,7 +13,7 @@ import numpy as np
 from numba import njit, prange
 
 from .._config import EXACT_MATH, FASTMATH, JIT
-from ._math import exp, is_single, like, ordered_sum, stack_array
+from ._math import exp, is_single, like, ordered_dot, ordered_sum, scaled_difference, stack_array
 from .reduce import ACC_RUN
 from .schedule import chunk_of, driver
 from .softmax import same_buffer
@@ -24,40 +24,39 @@ LOG_VJP = 2
 
 
 @njit(fastmath=FASTMATH, inline="always", **JIT)
-def _terms_run(y, v, buf, mode):
-    if mode == SOFTMAX:
-        for i in range(y.size):
-            buf[i] = y[i] * v[i]
-    else:
-        for i in range(y.size):
-            buf[i] = exp(y[i]) * v[i]
-
-
-@njit(fastmath=FASTMATH, **JIT)
 def row_sum(y, v, mode):
-    """The row's sum of the mode's terms, as float64.  float32 terms are
-    summed by :func:`ordered_sum` over runs of ``ACC_RUN`` (in float32 lanes,
-    in a fixed order), float64 ones in the loop."""
+    """The row's sum of the mode's terms, as float64, in a fixed order:
+    :func:`ordered_dot` and :func:`ordered_sum` over runs of ``ACC_RUN``
+    (float32 lanes keep their accuracy on long rows), except float64
+    ``exp(logp) * v`` terms, summed in the loop."""
     s = 0.0
     if mode == LOG_VJP:
-        for i0 in range(0, v.size, ACC_RUN):  # runs, for accuracy on long rows
+        for i0 in range(0, v.size, ACC_RUN):
             s += ordered_sum(v[i0 : i0 + ACC_RUN])
-        return s
-    if not is_single(y):
-        if mode == SOFTMAX:
-            for i in range(y.size):
-                s += np.float64(y[i] * v[i])
-        else:
-            for i in range(y.size):
-                s += np.float64(exp(y[i]) * v[i])
-        return s
-    buf = stack_array(ACC_RUN, y[0])
-    n = y.size
-    for i0 in range(0, n, ACC_RUN):
-        i1 = min(i0 + ACC_RUN, n)
-        _terms_run(y[i0:i1], v[i0:i1], buf, mode)
-        s += ordered_sum(buf[: i1 - i0])
+    elif mode == SOFTMAX and y.size <= ACC_RUN:  # one run: no slices (short rows)
+        s = ordered_dot(y, v)
+    elif mode == SOFTMAX:
+        for i0 in range(0, v.size, ACC_RUN):
+            s += ordered_dot(y[i0 : i0 + ACC_RUN], v[i0 : i0 + ACC_RUN])
+    elif not is_single(y):
+        for i in range(y.size):
+            s += np.float64(exp(y[i]) * v[i])
+    else:
+        terms = stack_array(ACC_RUN, y[0])
+        for i0 in range(0, y.size, ACC_RUN):
+            i1 = min(i0 + ACC_RUN, y.size)
+            for i in range(i0, i1):
+                terms[i - i0] = exp(y[i]) * v[i]
+            s += ordered_sum(terms[: i1 - i0])
     return s
+
+
+@njit(fastmath=EXACT_MATH, inline="always", **JIT)
+def unit_strides(y, v, out):
+    """Whether three 1-D arrays have unit strides."""
+    return (
+        y.strides[0] == y.itemsize and v.strides[0] == v.itemsize and out.strides[0] == out.itemsize
+    )
 
 
 @njit(fastmath=EXACT_MATH, inline="always", **JIT)
@@ -73,10 +72,13 @@ def _write_loop(y, v, out, s, mode):
             out[i] = v[i] - exp(y[i]) * s
 
 
-@njit(fastmath=EXACT_MATH, **JIT)
+@njit(fastmath=EXACT_MATH, inline="always", **JIT)
 def write_row(y, v, out, s, mode):
-    """The write pass; ``out`` may be ``y`` or ``v`` (one pointer then, so it vectorizes)."""
-    if same_buffer(v, out):
+    """The write pass; ``out`` may be ``y`` or ``v`` (one pointer then, so the
+    loops vectorize).  :func:`scaled_difference` writes unit-stride softmax rows."""
+    if mode == SOFTMAX and unit_strides(y, v, out):
+        scaled_difference(y, v, out, s)
+    elif same_buffer(v, out):
         _write_loop(y, out, out, s, mode)
     elif same_buffer(y, out):
         _write_loop(out, v, out, s, mode)
