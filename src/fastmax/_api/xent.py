@@ -82,14 +82,12 @@ def _check_targets(target: np.ndarray, n_classes: int, ignore_index: int, w: np.
     return K.check_targets(target.size, target, n_classes, ignore_index, w)
 
 
-def _prepare_common(
-    logits, target, axis, weight, ignore_index, reduction, label_smoothing, z_loss, func: str
-) -> _Problem | None:
+def _common_call(
+    logits, target, axis, weight, ignore_index, reduction, label_smoothing, z_loss
+) -> bool:
     """The common call, checked quickly: (N, C) C-contiguous float32/float64
-    logits, int64 class indices, no weight, smoothing or z-loss.  None when
-    the call is anything else or has a bad target (the general path then
-    raises the error)."""
-    if not (
+    logits, int64 class indices, no weight, smoothing or z-loss."""
+    return (
         type(logits) is np.ndarray
         and type(target) is np.ndarray
         and weight is None
@@ -108,6 +106,39 @@ def _prepare_common(
         and target.dtype == np.int64
         and target.shape == logits.shape[:1]
         and target.flags.c_contiguous
+    )
+
+
+def _small_common_call(logits, reduction) -> bool:
+    """Whether a :func:`_common_call` is a reduced loss on a small input (as
+    :func:`_small` decides), for :func:`_small_reduced_call`."""
+    return (
+        reduction != "none"
+        and logits.size < PARALLEL_MIN_ELEMENTS
+        and logits.shape[0] <= SMALL_ROWS
+        and not short.fits_rows(logits)
+    )
+
+
+def _small_reduced_call(logits, target, ignore_index, reduction, out, fused: bool):
+    """The loss of a :func:`_small_common_call` in one kernel call, which also
+    checks the targets (64 x 100 float32: loss and gradient 7.5 -> 4.7 us,
+    loss 5.7 -> 4.2 us);
+    None on a bad target (the general path then raises)."""
+    w = _unit_weights(logits.shape[1], logits.dtype)
+    bad, loss = K.xent_small_reduced(
+        logits, target, w, ignore_index, reduction == "mean", out, fused
+    )
+    return None if bad >= 0 else logits.dtype.type(loss)
+
+
+def _prepare_common(
+    logits, target, axis, weight, ignore_index, reduction, label_smoothing, z_loss, func: str
+) -> _Problem | None:
+    """The :func:`_common_call` as a problem.  None when the call is anything
+    else or has a bad target (the general path then raises the error)."""
+    if not _common_call(
+        logits, target, axis, weight, ignore_index, reduction, label_smoothing, z_loss
     ):
         return None
     n_classes = logits.shape[1]
@@ -699,6 +730,12 @@ def softmax_cross_entropy(
     Returns a 0-d result of the logits' dtype for "mean"/"sum", an array of the
     per-sample shape for "none".
     """
+    if _common_call(
+        logits, target, axis, weight, ignore_index, reduction, label_smoothing, z_loss
+    ) and _small_common_call(logits, reduction):
+        loss = _small_reduced_call(logits, target, ignore_index, reduction, logits, False)
+        if loss is not None:
+            return loss
     pb = _prepare(
         logits,
         target,
@@ -763,6 +800,15 @@ def softmax_cross_entropy_with_grad(
 
     ``out=logits`` writes the gradient over the logits: no second buffer.
     """
+    if (
+        _common_call(logits, target, axis, weight, ignore_index, reduction, label_smoothing, z_loss)
+        and _small_common_call(logits, reduction)
+        and (out is None or fast_out(out, logits))
+    ):
+        result = np.empty_like(logits) if out is None else out
+        loss = _small_reduced_call(logits, target, ignore_index, reduction, result, True)
+        if loss is not None:
+            return loss, result
     pb = _prepare(
         logits,
         target,

@@ -404,6 +404,33 @@ def xent_index_grad_rows_small(
     return ordered_sum(pa), ordered_sum(pz)
 
 
+@njit(fastmath=FASTMATH, **JIT)
+def xent_small_reduced(x, target, w, ignore_index, mean, out, fused):
+    """A reduced loss (mean if ``mean``, else sum) of index targets, no
+    smoothing or z-loss, on an input for :func:`xent_index_rows_small`, in
+    one call: the targets' check (:func:`check_chunk`), then the forward or,
+    if ``fused``, the fused pass for ``grad=1`` into ``out``, the scales and
+    the loss.  Returns ``(bad, loss)``: ``bad`` is the position of the first
+    target outside ``[0, C)`` that is not ``ignore_index`` (nothing is
+    written then) or -1.  For the common small call, whose Python layer
+    costs more than this kernel."""
+    bad, denominator, kept = check_chunk(target, x.shape[1], ignore_index, w)
+    if bad >= 0:
+        return bad, 0.0
+    none = stack_array(1, 0.0)[:0]  # the parts stay on the kernels' stacks
+    if fused:
+        scale = stack_array(1, 0.0)
+        scale_z = stack_array(1, 0.0)
+        scale[0] = 1.0 / denominator if mean else 1.0  # 1 / 0 is inf, as in Python's path
+        scale_z[0] = 1.0 / max(kept, 1) if mean else 1.0
+        total, _ = xent_index_grad_rows_small(
+            x, target, w, ignore_index, 0.0, none, none, out, scale, scale_z
+        )
+    else:
+        total, _ = xent_index_rows_small(x, target, w, ignore_index, none, none)
+    return -1, total / denominator if mean else total  # 0 / 0 is NaN
+
+
 @driver
 def xent_prob_rows(
     x, q, w, smoothing, z_loss, part_a, part_z, write_grad, out, scale, scale_z, n_blocks
