@@ -318,6 +318,31 @@ def test_small_inputs_at_the_row_limit(n_rows, rng):
             ref.assert_matches(fn(a), ref.softmax(a, log=log), np.float64, scale=50)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_small_logsumexp_keeps_relative_accuracy_near_zero(dtype, rng):
+    """The small kernel's rows (unshifted exponentials within the bound,
+    shifted ones past it): results near 0 are refined from the row's max, so
+    they keep their relative accuracy; NaN, ±inf and all -inf rows pass."""
+    x = (rng.standard_normal((40, 100)) * 3).astype(dtype)
+    x[5] = -30.0
+    x[5, 7] = 1e-5  # logsumexp 1e-5 + 99 exp(-30)
+    x[6] = -25.0
+    x[6, 0] = -2e-9  # logsumexp -2e-9 + log1p(99 exp(-25)), about -6e-10
+    x[7, 3] = np.nan
+    x[8, 9] = np.inf
+    x[9] = -np.inf
+    assert x.size < schedule.PARALLEL_MIN_ELEMENTS
+    past = x.copy()
+    past[-1, 0] = 800.0 if dtype == np.float64 else 90.0  # past the exp bound
+    for a in (x, past):
+        got = fastmax.logsumexp(a)
+        ref.assert_matches(got, ref.logsumexp(a), dtype, scale=50)
+        rows = [5, 6]
+        np.testing.assert_allclose(
+            got[rows], ref.logsumexp(a)[rows], rtol=2e-6 if dtype == np.float32 else 1e-13
+        )
+
+
 def test_leading_minus_inf_blocks_do_not_poison_the_sum(rng):
     # -inf for the first blocks of a long row (and of a column), then finite values.
     x = rng.standard_normal(5 * 2048 + 11)

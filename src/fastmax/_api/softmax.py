@@ -165,6 +165,8 @@ def _logsumexp_rows(src: np.ndarray, res: np.ndarray) -> None:
     one = src.dtype.type(1.0)
     if S.fits_rows(src):
         S.logsumexp_short_rows(size, src, one, res, row_blocks(n_rows))
+    elif size < PARALLEL_MIN_ELEMENTS and n_rows <= SMALL_ROWS:
+        K.logsumexp_rows_small(src, one, res)
     elif size < PARALLEL_MIN_ELEMENTS:
         K.logsumexp_rows.serial(src, one, res, 1)
     elif unit_stride(src, 1) and split_rows(n_rows, n_cols):
@@ -222,6 +224,18 @@ def logsumexp(
     ndarray or scalar, or a tuple ``(result, sign)`` with ``return_sign``
         Equals ``scipy.special.logsumexp(x, axis, b, keepdims, return_sign)``.
     """
+    if (
+        b is None
+        and where is None
+        and out is None
+        and keepdims is False
+        and return_sign is False
+        and fast_path(x, axis)
+    ):  # the common call: no reshape for 2-D inputs, no layout machinery
+        rows = x if x.ndim == 2 else x.reshape(-1, x.shape[-1])
+        res = np.empty(rows.shape[0], x.dtype)
+        _logsumexp_rows(rows, res)
+        return res[0] if x.ndim == 1 else res.reshape(x.shape[:-1])
     func = "logsumexp"
     arr = as_array(x, "x", func)
     cdt, rdt = float_dtypes(arr.dtype, "x", func)

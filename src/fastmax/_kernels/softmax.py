@@ -39,7 +39,9 @@ from ._math import (
 from .reduce import (
     ACC_RUN,
     BLOCK,
+    NEAR_ZERO,
     logsumexp_of_row,
+    lse_of_stats,
     merge_max_sumexp,
     row_max,
     row_max_sumexp,
@@ -354,6 +356,62 @@ def softmax_small_direct(xf, of, n_cols, scale, log, total):
             for i in range(orow.size):
                 orow[i] *= factor
     return True
+
+
+#: Elements of the small kernels' stack buffer of exponentials.
+SMALL_CHUNK = 4096
+
+
+@njit(fastmath=FASTMATH, inline="always", **JIT)
+def small_rows_lse(x, scale, lse):
+    """Each row's ``log(sum(exp(x * scale)))`` into ``lse`` (float64; a
+    non-finite max passes through) for at most :data:`SMALL_ROWS` rows, in
+    passes over all rows: rows are independent within a pass, so the CPU
+    overlaps them, which the pipelined kernels' row-to-row dependency
+    prevents (as in :func:`softmax_rows_small`).  A C-contiguous input whose
+    values are all within the exp bound skips the maxima: its exponentials
+    are taken unshifted (the same rounding as shifted sums; see
+    :func:`exp_within_bound`), in one loop over :data:`SMALL_CHUNK` elements
+    of whole rows at a time, then summed per row."""
+    n, n_cols = x.shape
+    one = like(1.0, x[0, 0])
+    direct = n_cols <= ACC_RUN and is_c_contiguous(x)
+    if direct:
+        xf = flat_view(x)
+        buf = stack_array(SMALL_CHUNK, one)
+        rows = max(1, SMALL_CHUNK // n_cols)
+        for r0 in range(0, n, rows):
+            r1 = min(r0 + rows, n)
+            seg = xf[r0 * n_cols : r1 * n_cols]
+            if not exp_bounded_worst(seg, scale, buf, like(0.0, one)) <= exp_bound(one):
+                direct = False
+                break
+            for r in range(r0, r1):
+                k0 = (r - r0) * n_cols
+                lse[r] = log_pos(ordered_sum(buf[k0 : k0 + n_cols]))
+    if not direct:
+        shift = stack_array(SMALL_ROWS, one)[:n]
+        for r in range(n):
+            shift[r] = row_max(x[r]) * scale
+        for r in range(n):
+            total, _ = sumexp_next_max(x[r], x[r], scale, shift[r])
+            lse[r] = lse_of_stats(shift[r], total)
+
+
+@njit(fastmath=FASTMATH, **JIT)
+def logsumexp_rows_small(x, scale, res):
+    """:func:`logsumexp_rows` for inputs that fit in cache (at most
+    :data:`SMALL_ROWS` rows) by :func:`small_rows_lse`; results near zero are
+    refined by :func:`logsumexp_of_row`, from the row's max."""
+    n = x.shape[0]
+    lse = stack_array(SMALL_ROWS, 0.0)[:n]
+    small_rows_lse(x, scale, lse)
+    for r in range(n):
+        v = lse[r]
+        if abs(v) < NEAR_ZERO:
+            m, total = row_max_sumexp(x[r], scale)
+            v = logsumexp_of_row(x[r], scale, m, total)
+        res[r] = v
 
 
 @njit(fastmath=FASTMATH, **JIT)

@@ -28,7 +28,6 @@ from numba import njit, prange
 
 from .._config import EXACT_MATH, FASTMATH, JIT
 from ._math import (
-    exp_bound,
     exp_nonpos,
     flat_view,
     fmaximum,
@@ -38,13 +37,13 @@ from ._math import (
     ordered_sum,
     stack_array,
 )
-from .reduce import ACC_RUN, lse_of_stats, row_max, sumexp_next_max
+from .reduce import lse_of_stats, row_max, sumexp_next_max
 from .schedule import SMALL_ROWS, block_bounds, chunk_of, driver
 from .softmax import (
-    exp_bounded_worst,
     exp_store_sum_next_max,
     exp_within_bound,
     same_buffer,
+    small_rows_lse,
     write_row,
     write_row_per_column,
 )
@@ -263,50 +262,19 @@ def index_parts(x, target, w, ignore_index, lse, r0, part_a, part_z, p0):
         part_z[p0 + i] = lse[i] * lse[i] if keep else 0.0
 
 
-#: Elements of the small kernels' stack buffer of exponentials.
-SMALL_CHUNK = 4096
-
-
 @njit(fastmath=FASTMATH, **JIT)
 def xent_index_rows_small(x, target, w, ignore_index, part_a, part_z):
     """The forward of :func:`xent_index_rows` (index targets, no smoothing)
-    for inputs that fit in cache, in passes over all rows: the maxima, the
-    sums, the parts.  Rows are independent within a pass, so the CPU
-    overlaps them, which the pipelined kernel's row-to-row dependency
-    prevents (as in ``softmax_rows_small``).  A C-contiguous input whose
-    values are all within the exp bound skips the maxima: its exponentials
-    are taken unshifted (as ``softmax_small_direct``'s; the same rounding as
-    shifted sums), in one loop over :data:`SMALL_CHUNK` elements of whole
-    rows at a time, then summed per row (64 x 100 float32: 3.4 -> 2.1 us).
+    for inputs that fit in cache: the rows' logsumexps by
+    :func:`small_rows_lse` (64 x 100 float32: 3.4 -> 2.1 us), then the parts.
     At most :data:`SMALL_ROWS` rows (scratch on the stack).  The parts go to
     ``part_a``/``part_z`` if they have a row's length (else they stay on the
     stack); returns their sums (:func:`ordered_sum`: a fixed order)."""
-    n, n_cols = x.shape
-    one = like(1.0, x[0, 0])
-    shift = stack_array(SMALL_ROWS, one)[:n]
+    n = x.shape[0]
     lse = stack_array(SMALL_ROWS, 0.0)[:n]
     pa = part_a if part_a.size == n else stack_array(SMALL_ROWS, 0.0)[:n]
     pz = part_z if part_z.size == n else stack_array(SMALL_ROWS, 0.0)[:n]
-    direct = n_cols <= ACC_RUN and is_c_contiguous(x)
-    if direct:
-        xf = flat_view(x)
-        buf = stack_array(SMALL_CHUNK, one)
-        rows = max(1, SMALL_CHUNK // n_cols)
-        for r0 in range(0, n, rows):
-            r1 = min(r0 + rows, n)
-            seg = xf[r0 * n_cols : r1 * n_cols]
-            if not exp_bounded_worst(seg, one, buf, like(0.0, one)) <= exp_bound(one):
-                direct = False
-                break
-            for r in range(r0, r1):
-                k0 = (r - r0) * n_cols
-                lse[r] = log_pos(ordered_sum(buf[k0 : k0 + n_cols]))
-    if not direct:
-        for r in range(n):
-            shift[r] = row_max(x[r])
-        for r in range(n):
-            total, _ = sumexp_next_max(x[r], x[r], one, shift[r])
-            lse[r] = lse_of_stats(shift[r], total)  # a non-finite max passes through
+    small_rows_lse(x, like(1.0, x[0, 0]), lse)
     index_parts(x, target, w, ignore_index, lse, 0, pa, pz, 0)
     return ordered_sum(pa), ordered_sum(pz)
 
