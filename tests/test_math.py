@@ -35,6 +35,7 @@ from fastmax._kernels._math import (
     segment_allreduce,
     segment_rows,
     segment_spread,
+    shifted_row,
     stack_array,
 )
 
@@ -347,23 +348,33 @@ def _scaled_difference(y, v, out, s):
     scaled_difference(y, v, out, s)
 
 
+@njit(cache=False)
+def _shifted_row(x, out, scale, hi, lo):
+    shifted_row(x, out, scale, hi, lo)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_scaled_difference_writes_each_element_and_no_other(dtype):
+def test_row_writes_write_each_element_and_no_other(dtype):
+    """The vector-step row writes with a masked tail, against NumPy in the
+    same type (the same roundings), out of place and in place."""
     rng = np.random.default_rng(5)
     for n in [*range(40), 100, 1001]:
-        y = rng.standard_normal(n).astype(dtype)
-        v = rng.standard_normal(n).astype(dtype)
-        s = dtype(rng.standard_normal())
-        expected = y * (v - s)  # elementwise in the type: the same roundings
-        buf = np.full(n + 20, 7.0, dtype)
-        _scaled_difference(y, v, buf[3 : 3 + n], s)
-        np.testing.assert_array_equal(buf[3 : 3 + n], expected)
-        assert (buf[:3] == 7.0).all() and (buf[3 + n :] == 7.0).all()
-        y_out, v_out = y.copy(), v.copy()  # out is one of the inputs
-        _scaled_difference(y_out, v, y_out, s)
-        _scaled_difference(y, v_out, v_out, s)
-        np.testing.assert_array_equal(y_out, expected)
-        np.testing.assert_array_equal(v_out, expected)
+        y, v = (rng.standard_normal(n).astype(dtype) for _ in range(2))
+        s, hi, lo = (dtype(rng.standard_normal()) for _ in range(3))
+        one = dtype(1.0)
+        cases = [  # (kernel, inputs, scalars, expected, which inputs may be out)
+            (_scaled_difference, (y, v), (s,), y * (v - s), (0, 1)),
+            (_shifted_row, (y,), (one, hi, lo), (y - hi) - lo, (0,)),
+        ]
+        for kernel, inputs, scalars, expected, in_place in cases:
+            buf = np.full(n + 20, 7.0, dtype)
+            kernel(*inputs, buf[3 : 3 + n], *scalars)
+            np.testing.assert_array_equal(buf[3 : 3 + n], expected)
+            assert (buf[:3] == 7.0).all() and (buf[3 + n :] == 7.0).all()
+            for k in in_place:
+                arrays = [a.copy() for a in inputs]
+                kernel(*arrays, arrays[k], *scalars)
+                np.testing.assert_array_equal(arrays[k], expected)
 
 
 def test_stack_array_and_is_single():

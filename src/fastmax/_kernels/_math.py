@@ -1082,32 +1082,33 @@ def ordered_dot(typingctx, a, b):
     return types.float64(a, b), _ordered_codegen(2)
 
 
-#: Vectors per iteration of :func:`scaled_difference`'s main loop.
-SCALED_UNROLL = 4
+#: Vectors per iteration of the row writes' main loop.
+ROW_WRITE_UNROLL = 4
 
 
-@intrinsic
-def scaled_difference(typingctx, y, v, out, s):
-    """``out = y * (v - s)`` for 1-D arrays of one float type with unit
-    strides (not checked) and ``s`` of that type, a vector register
-    (``VECTOR_BYTES``) a step and the last elements by masked loads and stores.  A
-    loop for this runs its remainder one element at a time, most of the work
-    on rows of a few dozen elements.  ``out`` may be ``y`` or ``v``: each
-    step loads before it stores."""
-    if not (all(_float_vector(a) and a.dtype == out.dtype for a in (y, v, out)) and s == out.dtype):
-        return None
+def _row_write_codegen(n_arrays, expr):
+    """Code for an intrinsic ``f(*arrays, out, *scalars)``: ``out[i] =
+    expr(builder, [arrays' vectors], [scalars' splats])``, for 1-D arrays of
+    one float type with unit strides (not checked) and scalars of that type,
+    a vector register (``VECTOR_BYTES``) a step, unrolled, and the last
+    elements by masked loads and stores.  A loop for this runs its remainder
+    one element at a time: on rows of a few dozen elements, most of the work.
+    ``out`` may be one of the arrays: each step loads before it stores.  (In
+    place, the masked store at a row's end blocks loads of the next row from
+    its cache line until it completes: a row kernel in place is better off
+    with a loop.)"""
 
     def codegen(context, builder, signature, args):
         arys = [
             context.make_array(t)(context, builder, a)
-            for t, a in zip(signature.args[:3], args[:3], strict=True)
+            for t, a in zip(signature.args[: n_arrays + 1], args[: n_arrays + 1], strict=True)
         ]
-        elt = context.get_data_type(out.dtype)
+        elt = context.get_data_type(signature.args[n_arrays].dtype)
         lanes = VECTOR_BYTES // context.get_abi_sizeof(elt)
         vty = ir.VectorType(elt, lanes)
-        n = builder.extract_value(arys[2].shape, 0)
+        n = builder.extract_value(arys[n_arrays].shape, 0)
         intp = n.type
-        scalar = _splat(builder, args[3], lanes)
+        scalars = [_splat(builder, a, lanes) for a in args[n_arrays + 1 :]]
 
         def ptr(k, index):
             return builder.bitcast(builder.gep(arys[k].data, [index]), vty.as_pointer())
@@ -1116,28 +1117,54 @@ def scaled_difference(typingctx, y, v, out, s):
             # All loads first, then the stores: a store does not wait on the
             # next vector's loads (which the hardware may think it aliases).
             values = [
-                builder.fmul(
-                    builder.load(ptr(0, i), align=1),
-                    builder.fsub(builder.load(ptr(1, i), align=1), scalar),
-                )
+                expr(builder, [builder.load(ptr(k, i), align=1) for k in range(n_arrays)], scalars)
                 for i in starts
             ]
             for i, value in zip(starts, values, strict=True):
-                builder.store(value, ptr(2, i), align=1)
+                builder.store(value, ptr(n_arrays, i), align=1)
 
         def whole(width):  # n rounded down to a multiple of width
             return builder.mul(builder.sdiv(n, intp(width)), intp(width))
 
-        width = SCALED_UNROLL * lanes
+        width = ROW_WRITE_UNROLL * lanes
         unrolled, steps = whole(width), whole(lanes)
         with cgutils.for_range_slice(builder, intp(0), unrolled, intp(width)) as (i, _):
-            steps_at([builder.add(i, intp(u * lanes)) for u in range(SCALED_UNROLL)])
+            steps_at([builder.add(i, intp(u * lanes)) for u in range(ROW_WRITE_UNROLL)])
         with cgutils.for_range_slice(builder, unrolled, steps, intp(lanes)) as (i, _):
             steps_at([i])
         with builder.if_then(builder.icmp_signed("<", steps, n)):
             mask = _lane_mask(builder, builder.sub(n, steps), lanes)
-            a, b = (_masked_load(builder, ptr(k, steps), mask) for k in (0, 1))
-            _masked_store(builder, builder.fmul(a, builder.fsub(b, scalar)), ptr(2, steps), mask)
+            vectors = [_masked_load(builder, ptr(k, steps), mask) for k in range(n_arrays)]
+            _masked_store(builder, expr(builder, vectors, scalars), ptr(n_arrays, steps), mask)
         return context.get_dummy_value()
 
-    return types.none(y, v, out, s), codegen
+    return codegen
+
+
+def _row_write_types(arrays, scalars):
+    out = arrays[-1]
+    return all(_float_vector(a) and a.dtype == out.dtype for a in arrays) and all(
+        s == out.dtype for s in scalars
+    )
+
+
+@intrinsic
+def scaled_difference(typingctx, y, v, out, s):
+    """``out = y * (v - s)``, written as :func:`_row_write_codegen` says
+    (unit strides; ``out`` may be ``y`` or ``v``)."""
+    if not _row_write_types((y, v, out), (s,)):
+        return None
+    return types.none(y, v, out, s), _row_write_codegen(
+        2, lambda b, vec, sc: b.fmul(vec[0], b.fsub(vec[1], sc[0]))
+    )
+
+
+@intrinsic
+def shifted_row(typingctx, x, out, scale, hi, lo):
+    """``out = (x * scale - hi) - lo``, in this order, written as
+    :func:`_row_write_codegen` says (unit strides; ``out`` may be ``x``)."""
+    if not _row_write_types((x, out), (scale, hi, lo)):
+        return None
+    return types.none(x, out, scale, hi, lo), _row_write_codegen(
+        1, lambda b, vec, sc: b.fsub(b.fsub(b.fmul(vec[0], sc[0]), sc[1]), sc[2])
+    )

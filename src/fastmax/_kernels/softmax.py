@@ -34,6 +34,7 @@ from ._math import (
     ordered_sum,
     prefetch,
     prefetch_for_write,
+    shifted_row,
     stack_array,
 )
 from .reduce import (
@@ -350,8 +351,8 @@ def softmax_small_direct(xf, of, n_cols, scale, log, total):
             hi = like(total[r], scale)
             lo = like(total[r] - np.float64(hi), scale)
             # (v - hi) - lo, in this order: hi + lo is the row's log-sum-exp
-            write_row(xf[r * n_cols : (r + 1) * n_cols], orow, scale, hi, lo, True)
-        else:
+            shifted_row(xf[r * n_cols : (r + 1) * n_cols], orow, scale, hi, lo)
+        else:  # a loop: a masked store at a row's end would block the next row's loads
             factor = like(1.0 / total[r], scale)
             for i in range(orow.size):
                 orow[i] *= factor
