@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import fastmax
+from fastmax._api import hardmax as hardmax_api
 from fastmax._kernels import schedule, short
 
 from . import reference as ref
@@ -104,6 +105,22 @@ def test_long_rows_split_across_threads(dtype, rng):
     y = x.copy()
     fastmax.hardmax(y, out=y)
     np.testing.assert_array_equal(y, ref.hardmax(x))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fresh_results_of_long_rows(dtype, rng):
+    """Rows of at least ZEROED_ROW_BYTES start from np.zeros and get their
+    ones only (row kernel and split rows), NaN and ties as np.argmax."""
+    n_cols = hardmax_api.ZEROED_ROW_BYTES // np.dtype(dtype).itemsize + 3
+    for shape in [(6, n_cols), (4, 1, n_cols), (1, 2 * schedule.SPLIT_CHUNK + n_cols)]:
+        x = rng.standard_normal(shape).astype(dtype)
+        assert x.size >= schedule.PARALLEL_MIN_ELEMENTS
+        flat = x.reshape(-1, shape[-1])
+        flat[0, 1] = flat[0, -1] = 40.0  # a tie: the first wins
+        flat[-1, -2] = np.nan
+        got = fastmax.hardmax(x)
+        np.testing.assert_array_equal(got, ref.hardmax(x))
+        assert got.sum() == flat.shape[0]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -35,11 +35,16 @@ def write_one_hot(out, index):
 
 
 @driver
-def hardmax_rows(x, out, n_blocks):
+def hardmax_rows(x, out, n_blocks, zeroed):
+    """hardmax of rows in ``n_blocks`` blocks; ``zeroed``: ``out`` is all
+    zeros already (a fresh ``np.zeros``), so only the ones are written."""
     n_rows = x.shape[0]
     for b in prange(n_blocks):
         for r in range(b * n_rows // n_blocks, (b + 1) * n_rows // n_blocks):
-            write_one_hot(out[r], row_argmax(x[r]))
+            if zeroed:
+                out[r, row_argmax(x[r])] = 1
+            else:
+                write_one_hot(out[r], row_argmax(x[r]))
 
 
 @njit(fastmath=FASTMATH, **JIT)
@@ -106,9 +111,10 @@ def hardmax_cols(x, out, n_chunks, best_parts, index_parts):
 
 
 @driver(allocates=True)
-def hardmax_rows_split(x, out, chunk):
+def hardmax_rows_split(x, out, chunk, zeroed):
     """hardmax of few long rows, each split into chunks over all threads: the
-    chunks' first maxima are merged in order, then the chunks are written."""
+    chunks' first maxima are merged in order, then the chunks are written
+    (only the ones if ``zeroed``, as in :func:`hardmax_rows`)."""
     n_rows, n_cols = x.shape
     n_chunks = (n_cols + chunk - 1) // chunk
     best = np.empty((n_rows, n_chunks), x.dtype)
@@ -121,6 +127,10 @@ def hardmax_rows_split(x, out, chunk):
     index = np.empty(n_rows, np.int64)
     for r in range(n_rows):
         index[r] = where[r, row_argmax(best[r])]
+    if zeroed:
+        for r in range(n_rows):
+            out[r, index[r]] = 1
+        return
     for t in prange(n_rows * n_chunks):
         r, lo, hi = chunk_of(t, n_chunks, chunk, n_cols)
         o = out[r, lo:hi]
