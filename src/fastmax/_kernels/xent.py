@@ -37,7 +37,7 @@ from ._math import (
     ordered_sum,
     stack_array,
 )
-from .reduce import lse_of_stats, row_max, sumexp_next_max
+from .reduce import BLOCK, lse_of_stats, row_max, row_max_sumexp, sumexp_next_max
 from .schedule import SMALL_ROWS, block_bounds, chunk_of, driver
 from .softmax import (
     exp_store_sum_next_max,
@@ -204,21 +204,28 @@ def xent_index_rows(
     """Index targets.  ``scale``/``scale_z`` (per row) multiply the gradient of
     the NLL+smoothing part and of the z-loss part (the reduction's denominators
     and the upstream gradient).  Rows go in ``n_blocks`` blocks of consecutive
-    rows, each row's pass also reading the next row's max."""
+    rows, each row's pass also reading the next row's max.  The forward of
+    rows longer than a block (no smoothing) reads each row once instead, by
+    :func:`row_max_sumexp` as logsumexp does: the next row's max read along
+    with a long row's exponentials from L2 cost 2.2 read floors on 128 x
+    256K float32 against 1.65 (and 2.25 against 1.66 on 2048 x 32000
+    float64); ignored rows are then not read at all."""
     n_rows, n_classes = x.shape
     total_w = 0.0
     for k in range(n_classes):
         total_w += np.float64(w[k])
+    online = n_classes > BLOCK and not write_grad and smoothing == 0.0
     for blk in prange(n_blocks):
         r0, r1 = block_bounds(blk, n_rows, n_blocks)
-        m_next = row_max(x[r0]) if r1 > r0 else x[0, 0]
+        m_next = row_max(x[r0]) if r1 > r0 and not online else x[0, 0]
         for r in range(r0, r1):
             m = m_next
             t = target[r]
             xr = x[r]
             nxt = x[min(r + 1, r1 - 1)]
             if t == ignore_index:
-                m_next = row_max(nxt)
+                if not online:
+                    m_next = row_max(nxt)
                 part_a[r] = 0.0
                 part_z[r] = 0.0
                 if write_grad:
@@ -228,7 +235,13 @@ def xent_index_rows(
                 continue
             xt = np.float64(xr[t])  # before the pass may overwrite it (in place)
             orow = out[r] if write_grad else out[0]
-            total, _, xw, m_next = row_pass(xr, nxt, w, w, orow, m, smoothing, write_grad, False)
+            if online:
+                m, total = row_max_sumexp(xr, like(1.0, m))
+                xw = 0.0
+            else:
+                total, _, xw, m_next = row_pass(
+                    xr, nxt, w, w, orow, m, smoothing, write_grad, False
+                )
             lse = lse_of_stats(m, total)
             wt = np.float64(w[t])
             a = (1.0 - smoothing) * wt * (lse - xt)
