@@ -97,6 +97,8 @@ def _write_loop(x, out, scale, shift, factor, log):
 #: chunks ahead it prefetches.
 WRITE_CHUNK = 512
 WRITE_AHEAD = 2
+#: Elements per chunk of :func:`write_row`'s softmax in place on long rows.
+IN_PLACE_CHUNK = 8192
 
 
 @njit(fastmath=EXACT_MATH, inline="always", **JIT)
@@ -125,6 +127,18 @@ def write_row(x, out, scale, shift, factor, log):
     1.75 -> 2.2 cycles per element) and is left whole."""
     in_place = same_buffer(x, out)
     n = x.size
+    if in_place and not log and n > 4 * WRITE_CHUNK:
+        # In place, a long row's exponentials go to a stack buffer a chunk at
+        # a time and are copied back: float64 over memory, 33 -> 15 ms for
+        # 128 MiB on one thread (the exp loop reading and writing the same
+        # lines ran at half the speed of one writing another array).
+        buf = stack_array(IN_PLACE_CHUNK, scale)
+        for i0 in range(0, n, IN_PLACE_CHUNK):
+            seg = out[i0 : min(i0 + IN_PLACE_CHUNK, n)]
+            _write_loop(seg, buf[: seg.size], scale, shift, factor, False)
+            for i in range(seg.size):
+                seg[i] = buf[i]
+        return
     if n <= 4 * WRITE_CHUNK or not log:
         if in_place:
             _write_loop(out, out, scale, shift, factor, log)
