@@ -107,7 +107,11 @@ class FloorRatio:
         self.op = report.operations(None)[op]
         self.x, self.axis = _input(shape, dtype)
         self.args = self.op.inputs(self.x, self.axis)
-        self.out = np.empty_like(self.x) if self.op.fastmax_out is not None else None
+        self.out = (
+            self.op.out_array(self.x, self.args, self.axis)
+            if self.op.fastmax_out is not None
+            else None
+        )
         self.run()
 
     def run(self):

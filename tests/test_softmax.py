@@ -157,6 +157,23 @@ def test_logsumexp_out_keepdims_and_scalars(rng):
     assert fastmax.softmax(np.float64(3.0), axis=None) == 1.0
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(7,), (3, 40), (2, 3, 3000)])
+def test_logsumexp_into_out_over_the_last_axis(dtype, shape, rng):
+    """The common call with ``out``: written in place, the same values as
+    the allocating call; an ``out`` of another layout takes the general path."""
+    x = (rng.standard_normal(shape) * 5).astype(dtype)
+    expected = fastmax.logsumexp(x)
+    out = np.full(shape[:-1], np.nan, dtype)
+    assert fastmax.logsumexp(x, out=out) is out
+    np.testing.assert_array_equal(out, expected)
+    ref.assert_matches(out, ref.logsumexp(x), dtype, scale=50)
+    if len(shape) > 1:
+        other = np.empty(shape[:-1][::-1], dtype).T  # not C-contiguous
+        assert fastmax.logsumexp(x, out=other) is other
+        np.testing.assert_array_equal(other, expected)
+
+
 def test_empty_inputs():
     x = np.empty((3, 0))
     assert fastmax.softmax(x).shape == (3, 0)

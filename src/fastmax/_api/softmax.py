@@ -190,6 +190,20 @@ def _sign_of_logsumexp(res: np.ndarray) -> np.ndarray:
     return sgn
 
 
+def _fast_reduced_out(out: Any, x: np.ndarray) -> bool:
+    """``out`` for the common logsumexp call: None, or a C-contiguous array of
+    ``x``'s dtype and shape without its last axis that shares no memory
+    with ``x``."""
+    return out is None or (
+        type(out) is np.ndarray
+        and out.dtype == x.dtype
+        and out.shape == x.shape[:-1]
+        and out.flags.c_contiguous
+        and out.flags.writeable
+        and not np.may_share_memory(out, x)
+    )
+
+
 def logsumexp(
     x: ArrayLike,
     axis: int | tuple[int, ...] | None = -1,
@@ -227,12 +241,15 @@ def logsumexp(
     if (
         b is None
         and where is None
-        and out is None
         and keepdims is False
         and return_sign is False
         and fast_path(x, axis)
+        and _fast_reduced_out(out, x)
     ):  # the common call: no reshape for 2-D inputs, no layout machinery
         rows = x if x.ndim == 2 else x.reshape(-1, x.shape[-1])
+        if out is not None:  # written in place, without a temporary
+            _logsumexp_rows(rows, out.reshape(rows.shape[0]))
+            return out
         res = np.empty(rows.shape[0], x.dtype)
         _logsumexp_rows(rows, res)
         return res[0] if x.ndim == 1 else res.reshape(x.shape[:-1])
