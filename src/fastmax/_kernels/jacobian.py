@@ -75,12 +75,16 @@ def _write_loop(y, v, out, s, mode):
 @njit(fastmath=EXACT_MATH, inline="always", **JIT)
 def write_row(y, v, out, s, mode):
     """The write pass; ``out`` may be ``y`` or ``v`` (one pointer then, so the
-    loops vectorize).  :func:`scaled_difference` writes unit-stride softmax rows."""
-    if mode == SOFTMAX and unit_strides(y, v, out):
+    loops vectorize).  :func:`scaled_difference` writes unit-stride softmax
+    rows, but in place (its masked store at a row's end would hold up the
+    next row's loads)."""
+    in_v = same_buffer(v, out)
+    in_y = same_buffer(y, out)
+    if mode == SOFTMAX and unit_strides(y, v, out) and not (in_v or in_y):
         scaled_difference(y, v, out, s)
-    elif same_buffer(v, out):
+    elif in_v:
         _write_loop(y, out, out, s, mode)
-    elif same_buffer(y, out):
+    elif in_y:
         _write_loop(out, v, out, s, mode)
     else:
         _write_loop(y, v, out, s, mode)
