@@ -109,24 +109,24 @@ def _common_call(
     )
 
 
-def _small_common_call(logits, reduction) -> bool:
-    """Whether a :func:`_common_call` is a reduced loss on a small input (as
-    :func:`_small` decides), for :func:`_small_reduced_call`."""
+def _small_rows(rows: np.ndarray) -> bool:
+    """Whether rows with contiguous classes are for the small kernels: a small
+    input, of rows longer than the short rows' sizes."""
     return (
-        reduction != "none"
-        and logits.size < PARALLEL_MIN_ELEMENTS
-        and logits.shape[0] <= SMALL_ROWS
-        and not short.fits_rows(logits)
+        rows.size < PARALLEL_MIN_ELEMENTS
+        and rows.shape[0] <= SMALL_ROWS
+        and not short.fits_rows(rows)
     )
 
 
 def _small_reduced_call(logits, target, ignore_index, reduction, out, fused: bool):
-    """The loss of a :func:`_small_common_call` in one kernel call, which also
-    checks the targets (64 x 100 float32: loss and gradient 7.5 -> 4.7 us,
-    loss 5.7 -> 4.2 us); None on a bad target (the general path then raises)."""
+    """The reduced loss of a :func:`_common_call` on :func:`_small_rows` in
+    one kernel call, which also checks the targets (64 x 100 float32: loss
+    and gradient 7.5 -> 4.7 us, loss 5.7 -> 4.2 us); None on a bad target
+    (the general path then raises)."""
     w = _unit_weights(logits.shape[1], logits.dtype)
     bad, loss = K.xent_small_reduced(
-        logits, target, w, ignore_index, reduction == "mean", out, fused
+        logits, target, w, ignore_index, 0.0, reduction == "mean", out, fused
     )
     return None if bad >= 0 else logits.dtype.type(loss)
 
@@ -466,15 +466,12 @@ def _small(pb: _Problem, grad_rows: np.ndarray | None) -> bool:
     """Whether index targets without smoothing run on a small input with
     contiguous classes (of more than the short rows' sizes): the small
     kernels, forward or fused."""
-    rows = pb.rows
     return (
         pb.index is not None
         and pb.smoothing == 0.0
-        and rows.size < PARALLEL_MIN_ELEMENTS
-        and rows.shape[0] <= SMALL_ROWS
-        and unit_stride(rows, 1)
+        and unit_stride(pb.rows, 1)
         and (grad_rows is None or unit_stride(grad_rows, 1))
-        and not short.fits_rows(rows)
+        and _small_rows(pb.rows)
     )
 
 
@@ -602,24 +599,17 @@ def _loss_of_sums(pb: _Problem, total: float, z: float):
     return pb.rdt.type(total)
 
 
-#: Passed for the parts of the small kernels, which then keep them on the stack.
-_NO_PARTS = np.empty(0)
-
-
 def _small_reduced(pb: _Problem, grad_rows: np.ndarray | None = None):
     """A reduced loss ("mean"/"sum") of a :func:`_small` problem in one kernel
     call without per-sample arrays; with ``grad_rows``, the gradient of
-    ``grad=1`` too, its scales one value each (64 x 100 float32, the
-    forward and backward call: 14 -> 6 us)."""
-    args = (pb.rows, pb.index, pb.weight, pb.ignore_index)
-    if grad_rows is None:
-        total, z = K.xent_index_rows_small(*args, _NO_PARTS, _NO_PARTS)
-    else:
-        s, s_z = _reduced_scales(pb, 1.0)
-        total, z = K.xent_index_grad_rows_small(
-            *args, pb.z_loss, _NO_PARTS, _NO_PARTS, grad_rows, np.array([s]), np.array([s_z])
-        )
-    return _loss_of_sums(pb, total, z if pb.z_loss else 0.0)
+    ``grad=1`` too (64 x 100 float32, the forward and backward call: 14 ->
+    6 us).  The targets were checked already."""
+    fused = grad_rows is not None
+    _, loss = K.xent_small_reduced(
+        pb.rows, pb.index, pb.weight, pb.ignore_index, pb.z_loss, pb.reduction == "mean",
+        grad_rows if fused else pb.rows, fused,
+    )  # fmt: skip
+    return pb.rdt.type(loss)
 
 
 def _reduced_scales(pb: _Problem, g: float) -> tuple[float, float]:
@@ -729,9 +719,11 @@ def softmax_cross_entropy(
     Returns a 0-d result of the logits' dtype for "mean"/"sum", an array of the
     per-sample shape for "none".
     """
-    if _common_call(
-        logits, target, axis, weight, ignore_index, reduction, label_smoothing, z_loss
-    ) and _small_common_call(logits, reduction):
+    if (
+        _common_call(logits, target, axis, weight, ignore_index, reduction, label_smoothing, z_loss)
+        and reduction != "none"
+        and _small_rows(logits)
+    ):
         loss = _small_reduced_call(logits, target, ignore_index, reduction, logits, False)
         if loss is not None:
             return loss
@@ -801,7 +793,8 @@ def softmax_cross_entropy_with_grad(
     """
     if (
         _common_call(logits, target, axis, weight, ignore_index, reduction, label_smoothing, z_loss)
-        and _small_common_call(logits, reduction)
+        and reduction != "none"
+        and _small_rows(logits)
         and (out is None or fast_out(out, logits))
     ):
         result = np.empty_like(logits) if out is None else out

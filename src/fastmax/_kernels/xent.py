@@ -386,15 +386,16 @@ def xent_index_grad_rows_small(
 
 
 @njit(fastmath=FASTMATH, **JIT)
-def xent_small_reduced(x, target, w, ignore_index, mean, out, fused):
-    """A reduced loss (mean if ``mean``, else sum) of index targets, no
-    smoothing or z-loss, on an input for :func:`xent_index_rows_small`, in
-    one call: the targets' check (:func:`check_chunk`), then the forward or,
-    if ``fused``, the fused pass for ``grad=1`` into ``out``, the scales and
-    the loss.  Returns ``(bad, loss)``: ``bad`` is the position of the first
+def xent_small_reduced(x, target, w, ignore_index, z_loss, mean, out, fused):
+    """A reduced loss (mean if ``mean``, else sum) of index targets without
+    smoothing, on an input for :func:`xent_index_rows_small`, in one call:
+    the targets' check (:func:`check_chunk`), then the forward or, if
+    ``fused``, the fused pass for ``grad=1`` into ``out``, the gradient's
+    scales and the loss (the rules of the Python layer's ``_reduced_scales``
+    and ``_loss_of_sums``, whose calls cost more than this kernel on small
+    inputs).  Returns ``(bad, loss)``: ``bad`` is the position of the first
     target outside ``[0, C)`` that is not ``ignore_index`` (nothing is
-    written then) or -1.  For the common small call, whose Python layer
-    costs more than this kernel."""
+    written then) or -1."""
     bad, denominator, kept = check_chunk(target, x.shape[1], ignore_index, w)
     if bad >= 0:
         return bad, 0.0
@@ -404,12 +405,14 @@ def xent_small_reduced(x, target, w, ignore_index, mean, out, fused):
         scale_z = stack_array(1, 0.0)
         scale[0] = 1.0 / denominator if mean else 1.0  # 1 / 0 is inf, as in Python's path
         scale_z[0] = 1.0 / max(kept, 1) if mean else 1.0
-        total, _ = xent_index_grad_rows_small(
-            x, target, w, ignore_index, 0.0, none, none, out, scale, scale_z
+        total, z = xent_index_grad_rows_small(
+            x, target, w, ignore_index, z_loss, none, none, out, scale, scale_z
         )
     else:
-        total, _ = xent_index_rows_small(x, target, w, ignore_index, none, none)
-    return -1, total / denominator if mean else total  # 0 / 0 is NaN
+        total, z = xent_index_rows_small(x, target, w, ignore_index, none, none)
+    if mean:  # 0 / 0 is NaN
+        return -1, total / denominator + (z_loss * z / kept if z_loss != 0.0 else 0.0)
+    return -1, total + (z_loss * z if z_loss != 0.0 else 0.0)
 
 
 @driver
