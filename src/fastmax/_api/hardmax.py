@@ -16,7 +16,7 @@ from .._kernels.schedule import (
     split_rows,
 )
 from .._layout import unit_stride
-from ._elementwise import elementwise_job, fast_out, fast_path
+from ._elementwise import elementwise_job, fast_out, fast_path, last_axis_rows
 
 
 def _hardmax_rows(src: np.ndarray, dst: np.ndarray, zeroed: bool = False) -> None:
@@ -75,7 +75,7 @@ def hardmax(
         Array of ``x``'s shape and the result dtype; may be ``x`` itself.
     """
     if fast_path(x, axis) and fast_out(out, x):
-        rows = x.reshape(-1, x.shape[-1])
+        rows = last_axis_rows(x)
         zeroed = out is None and x.size >= PARALLEL_MIN_ELEMENTS and _zeroed_rows(rows)
         if out is not None:
             result = out

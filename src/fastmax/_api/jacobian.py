@@ -24,7 +24,7 @@ from .._validate import (
     float_dtypes,
     reduction_axes,
 )
-from ._elementwise import fast_out, fast_path
+from ._elementwise import fast_out, fast_path, last_axis_rows
 
 
 def _run(y: np.ndarray, v: np.ndarray, out: np.ndarray, mode: int) -> None:
@@ -47,9 +47,9 @@ def _run(y: np.ndarray, v: np.ndarray, out: np.ndarray, mode: int) -> None:
 def _run_rows(y: np.ndarray, v: np.ndarray, out: np.ndarray, mode: int) -> None:
     """:func:`_run` for views that are not the column kernel's."""
     size = out.size
-    if size < PARALLEL_MIN_ELEMENTS and out.shape[1] * out.itemsize > S.VECTOR_BYTES:
-        K.jvp_rows.serial(y, v, out, mode)  # small: the common case first
-    elif S.fits_rows(y, out) and v.flags.c_contiguous:
+    # fits_rows' first test inline: most calls have long rows, and skip its call.
+    short_rows = out.shape[1] * out.itemsize <= S.VECTOR_BYTES
+    if short_rows and S.fits_rows(y, out) and v.flags.c_contiguous:
         S.jvp_short_rows(size, y, v, out, mode, row_blocks(out.shape[0]))
     elif size < PARALLEL_MIN_ELEMENTS:
         K.jvp_rows.serial(y, v, out, mode)
@@ -91,17 +91,8 @@ def _jacobian_product(primal, tangent, axis, out, mode: int, func: str, pname: s
         and (out is None or fast_out(out, primal, tangent))
     ):
         # The common call: same shape and dtype, C-contiguous, over the last axis.
-        n_cols = primal.shape[-1]
         result = np.empty_like(primal) if out is None else out
-        if primal.ndim == 2:  # a reshape costs 0.1 us; C-contiguous rows
-            _run_rows(primal, tangent, result, mode)
-        else:
-            _run_rows(
-                primal.reshape(-1, n_cols),
-                tangent.reshape(-1, n_cols),
-                result.reshape(-1, n_cols),
-                mode,
-            )
+        _run_rows(last_axis_rows(primal), last_axis_rows(tangent), last_axis_rows(result), mode)
         return result
     p = as_array(primal, pname, func)
     t = as_array(tangent, tname, func)

@@ -28,7 +28,7 @@ from .._validate import (
     reduction_axes,
     temperature_scale,
 )
-from ._elementwise import elementwise_job, fast_out, fast_path
+from ._elementwise import elementwise_job, fast_out, fast_path, last_axis_rows
 
 ArrayLike = Any
 
@@ -90,13 +90,7 @@ def _softmax_family(x, axis, out, where, temperature, log: bool, func: str):
         and fast_out(out, x)
     ):
         result = np.empty_like(x) if out is None else out
-        if x.ndim == 2:  # a reshape costs 0.1 us
-            _softmax_rows(x, result, None, _ONE[x.dtype], log)
-        else:
-            n_cols = x.shape[-1]
-            _softmax_rows(
-                x.reshape(-1, n_cols), result.reshape(-1, n_cols), None, _ONE[x.dtype], log
-            )
+        _softmax_rows(last_axis_rows(x), last_axis_rows(result), None, _ONE[x.dtype], log)
         return result
     job = elementwise_job(x, axis, out, func)
     scale = temperature_scale(temperature, func)
@@ -190,20 +184,6 @@ def _sign_of_logsumexp(res: np.ndarray) -> np.ndarray:
     return sgn
 
 
-def _fast_reduced_out(out: Any, x: np.ndarray) -> bool:
-    """``out`` for the common logsumexp call: None, or a C-contiguous array of
-    ``x``'s dtype and shape without its last axis that shares no memory
-    with ``x``."""
-    return out is None or (
-        type(out) is np.ndarray
-        and out.dtype == x.dtype
-        and out.shape == x.shape[:-1]
-        and out.flags.c_contiguous
-        and out.flags.writeable
-        and not np.may_share_memory(out, x)
-    )
-
-
 def logsumexp(
     x: ArrayLike,
     axis: int | tuple[int, ...] | None = -1,
@@ -244,9 +224,9 @@ def logsumexp(
         and keepdims is False
         and return_sign is False
         and fast_path(x, axis)
-        and _fast_reduced_out(out, x)
-    ):  # the common call: no reshape for 2-D inputs, no layout machinery
-        rows = x if x.ndim == 2 else x.reshape(-1, x.shape[-1])
+        and fast_out(out, x, shape=x.shape[:-1])
+    ):  # the common call: no layout machinery
+        rows = last_axis_rows(x)
         if out is not None:  # written in place, without a temporary
             _logsumexp_rows(rows, out.reshape(rows.shape[0]))
             return out
