@@ -19,6 +19,7 @@ from fastmax._kernels._math import (
     SUM_ACCUMULATORS,
     SUM_LANES,
     VECTOR_BYTES,
+    data_address,
     exp,
     exp_bound,
     exp_bounded,
@@ -28,6 +29,7 @@ from fastmax._kernels._math import (
     is_single,
     log_pos,
     log_pos32,
+    magnitude_bits,
     ordered_dot,
     ordered_sum,
     prefetch,
@@ -387,6 +389,49 @@ def test_stack_array_and_is_single():
 
     assert fill(np.float32(2.0)) == (64, 126.0, True)
     assert fill(2.0) == (64, 126.0, False)
+
+
+def test_stack_arrays_start_on_a_vector_boundary():
+    """Scratch whose vectors straddle cache lines costs a split access per
+    vector: every stack array starts on a 64-byte boundary, however many
+    scalars and other arrays share the frame."""
+
+    @njit(cache=False)
+    def addresses(v):
+        a = stack_array(3, v)
+        b = stack_array(5, v)
+        c = stack_array(1024, v)
+        a[0] = v
+        b[0] = v
+        c[0] = v
+        return data_address(a), data_address(b), data_address(c)
+
+    for v in (np.float32(1.0), 1.0):
+        for address in addresses(v):
+            assert address % VECTOR_BYTES == 0
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_magnitude_bits_order_magnitudes_with_nan_above_inf(dtype):
+    @njit(cache=False)
+    def bits(x, out):
+        for i in range(x.size):
+            out[i] = magnitude_bits(x[i])
+
+    info = np.finfo(dtype)
+    ints = np.int32 if dtype == np.float32 else np.int64
+    values = np.array(
+        [0.0, -0.0, info.smallest_subnormal, -info.tiny, 1.0, -1.0, 80.0, -700.0]
+        + [info.max, -np.inf, np.inf, np.nan, -np.nan],
+        dtype,
+    )
+    out = np.empty(values.size, ints)
+    bits(values, out)
+    np.testing.assert_array_equal(out, np.abs(values).view(ints))
+    magnitudes = np.abs(values[~np.isnan(values)])
+    finite_bits = out[~np.isnan(values)]
+    assert (np.argsort(finite_bits, kind="stable") == np.argsort(magnitudes, kind="stable")).all()
+    assert out[np.isnan(values)].min() > out[np.isinf(values)].max()
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

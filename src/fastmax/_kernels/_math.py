@@ -134,6 +134,24 @@ def prefetch_for_write(arr):
 
 
 @intrinsic
+def magnitude_bits(typingctx, x):
+    """The bits of ``|x|`` as an int64 (int32) for a float64 (float32): for
+    every ``x``, NaN included, their order is the order of ``|x|`` with NaN
+    above +inf.  A running max of them bounds ``|x|`` and catches NaN in two
+    integer vector instructions, where a NaN-propagating float max
+    (:func:`fmaximum` of ``abs``) takes four."""
+    if x not in (types.float64, types.float32):
+        return None
+    result, llty = _BIT_CASTS[x]
+
+    def codegen(context, builder, signature, args):
+        bits = builder.bitcast(args[0], llty)
+        return builder.and_(bits, llty((1 << (llty.width - 1)) - 1))
+
+    return result(x), codegen
+
+
+@intrinsic
 def fmaximum(typingctx, a, b):
     """NaN-propagating maximum of two floats of one type (``llvm.maximum``)."""
     if a != b or not isinstance(a, types.Float):
@@ -803,10 +821,12 @@ def stack_array(typingctx, size, like_value):
         elt = context.get_data_type(like_value)
         intp = context.get_value_type(types.intp)
         itemsize = context.get_abi_sizeof(elt)
+        data = cgutils.alloca_once(builder, elt, size=count)
+        data.align = VECTOR_BYTES  # whole vectors never straddle cache lines
         ary = context.make_array(arrty)(context, builder)
         context.populate_array(
             ary,
-            data=cgutils.alloca_once(builder, elt, size=count),
+            data=data,
             shape=[intp(count)],
             strides=[intp(itemsize)],
             itemsize=intp(itemsize),

@@ -31,6 +31,7 @@ from ._math import (
     is_single,
     like,
     log_pos,
+    magnitude_bits,
     ordered_sum,
     prefetch,
     prefetch_for_write,
@@ -301,23 +302,46 @@ def softmax_rows_cached_block(x, out, scale, log, r0, r1):
 def within_bound(xf, scale):
     """Whether every ``|xf * scale|`` is within :func:`exp_bounded`'s bound
     (False for NaN)."""
-    worst = like(0.0, scale)
+    worst = magnitude_bits(like(0.0, scale))
     for k in range(xf.size):
-        worst = fmaximum(worst, abs(xf[k] * scale))  # NaN if any is
-    return worst <= exp_bound(scale)
+        worst = max(worst, magnitude_bits(xf[k] * scale))
+    return is_within_bound(worst, scale)
+
+
+@njit(fastmath=FASTMATH, inline="always", **JIT)
+def is_within_bound(worst, scale):
+    """Whether :func:`magnitude_bits` ``worst`` is within :func:`exp_bound` (not NaN)."""
+    return worst <= magnitude_bits(exp_bound(scale))
+
+
+@njit(fastmath=FASTMATH, inline="always", **JIT)
+def _exp_bounded_worst_loop(xf, scale, of, worst):
+    for k in range(xf.size):
+        v = xf[k] * scale
+        worst = max(worst, magnitude_bits(v))
+        of[k] = exp_bounded(v)
+    return worst
 
 
 @njit(fastmath=FASTMATH, inline="always", **JIT)
 def exp_bounded_worst(xf, scale, of, worst):
     """``of = exp_bounded(xf * scale)`` (``of`` not ``xf``) and, in the same
-    loop, the max of ``worst`` and every ``|xf * scale|`` (NaN if one is):
-    one pass where :func:`within_bound` and then the exponentials take two;
-    ``of`` is meaningless if the result is over :func:`exp_bound`."""
-    for k in range(xf.size):
-        v = xf[k] * scale
-        worst = fmaximum(worst, abs(v))
-        of[k] = exp_bounded(v)
-    return worst
+    loop, the max of ``worst`` and the :func:`magnitude_bits` of every
+    ``xf * scale``: one pass where :func:`within_bound` and then the
+    exponentials take two; ``of`` is meaningless unless the result
+    :func:`is_within_bound`.  A scale of 1 (every call without a
+    temperature) takes a loop without the multiply."""
+    if scale == 1:
+        return _exp_bounded_worst_loop(xf, like(1.0, scale), of, worst)
+    return _exp_bounded_worst_loop(xf, scale, of, worst)
+
+
+@njit(fastmath=FASTMATH, inline="always", **JIT)
+def exp_bounded_within(xf, scale, of):
+    """:func:`exp_bounded_worst` from nothing: True if every ``|xf * scale|``
+    is within the bound (``of`` then holds the exponentials)."""
+    worst = exp_bounded_worst(xf, scale, of, magnitude_bits(like(0.0, scale)))
+    return is_within_bound(worst, scale)
 
 
 @njit(fastmath=FASTMATH, **JIT)
@@ -332,7 +356,7 @@ def exp_within_bound(xf, of, scale):
         for k in range(of.size):
             of[k] = exp_bounded(of[k] * scale)
         return True
-    return exp_bounded_worst(xf, scale, of, like(0.0, scale)) <= exp_bound(scale)
+    return exp_bounded_within(xf, scale, of)
 
 
 @njit(fastmath=FASTMATH, **JIT)
@@ -398,7 +422,7 @@ def small_rows_lse(x, scale, lse):
         for r0 in range(0, n, rows):
             r1 = min(r0 + rows, n)
             seg = xf[r0 * n_cols : r1 * n_cols]
-            if not exp_bounded_worst(seg, scale, buf, like(0.0, one)) <= exp_bound(one):
+            if not exp_bounded_within(seg, scale, buf):
                 direct = False
                 break
             for r in range(r0, r1):
