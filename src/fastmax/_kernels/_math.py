@@ -151,6 +151,38 @@ def magnitude_bits(typingctx, x):
     return result(x), codegen
 
 
+def magnitude_key(x):  # pragma: no cover - replaced by the overload in jitted code
+    return abs(x)
+
+
+@overload(magnitude_key, inline="always")
+def _magnitude_key_overload(x):
+    """A key that orders like ``|x|`` with NaN above +inf, for running maxima
+    of magnitudes by :func:`max_key`: float32's :func:`magnitude_bits`
+    (a running max in two integer vector instructions instead of four),
+    float64's ``|x|`` itself, with :func:`fmaximum` (int64 keys measured
+    12% slower in the memory-bound 4M x 8 float64 softmax)."""
+    if x == types.float32:
+        return lambda x: magnitude_bits(x)
+    if x == types.float64:
+        return lambda x: abs(x)
+    return None
+
+
+def max_key(a, b):  # pragma: no cover - replaced by the overload in jitted code
+    return max(a, b)
+
+
+@overload(max_key, inline="always")
+def _max_key_overload(a, b):
+    """The larger of two :func:`magnitude_key` keys (NaN's key wins)."""
+    if a == types.int32 and b == types.int32:
+        return lambda a, b: max(a, b)
+    if a == types.float64 and b == types.float64:
+        return lambda a, b: fmaximum(a, b)
+    return None
+
+
 @intrinsic
 def fmaximum(typingctx, a, b):
     """NaN-propagating maximum of two floats of one type (``llvm.maximum``)."""

@@ -40,7 +40,7 @@ from ._math import (
     like,
     log_pos,
     log_positive,
-    magnitude_bits,
+    magnitude_key,
     ordered_sum,
     prefetch,
     prefetch_for_write,
@@ -154,7 +154,7 @@ def _block_exp(xb, scale, e, ahead, ahead_out):
     start (4M x 8 float32, 2 threads, same-process pairs: logsumexp 2.46 ->
     2.03-2.19 read floors, softmax 1.33 -> 1.11, log_softmax 1.54 -> 1.30
     copy floors)."""
-    worst = magnitude_bits(like(0.0, scale))
+    worst = magnitude_key(like(0.0, scale))
     n = xb.size
     for q in range(EXP_PARTS):
         k0 = q * n // EXP_PARTS

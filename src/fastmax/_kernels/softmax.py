@@ -31,7 +31,8 @@ from ._math import (
     is_single,
     like,
     log_pos,
-    magnitude_bits,
+    magnitude_key,
+    max_key,
     ordered_sum,
     prefetch,
     prefetch_for_write,
@@ -302,23 +303,23 @@ def softmax_rows_cached_block(x, out, scale, log, r0, r1):
 def within_bound(xf, scale):
     """Whether every ``|xf * scale|`` is within :func:`exp_bounded`'s bound
     (False for NaN)."""
-    worst = magnitude_bits(like(0.0, scale))
+    worst = magnitude_key(like(0.0, scale))
     for k in range(xf.size):
-        worst = max(worst, magnitude_bits(xf[k] * scale))
+        worst = max_key(worst, magnitude_key(xf[k] * scale))
     return is_within_bound(worst, scale)
 
 
 @njit(fastmath=FASTMATH, inline="always", **JIT)
 def is_within_bound(worst, scale):
-    """Whether :func:`magnitude_bits` ``worst`` is within :func:`exp_bound` (not NaN)."""
-    return worst <= magnitude_bits(exp_bound(scale))
+    """Whether :func:`magnitude_key` ``worst`` is within :func:`exp_bound` (not NaN)."""
+    return worst <= magnitude_key(exp_bound(scale))
 
 
 @njit(fastmath=FASTMATH, inline="always", **JIT)
 def _exp_bounded_worst_loop(xf, scale, of, worst):
     for k in range(xf.size):
         v = xf[k] * scale
-        worst = max(worst, magnitude_bits(v))
+        worst = max_key(worst, magnitude_key(v))
         of[k] = exp_bounded(v)
     return worst
 
@@ -326,7 +327,7 @@ def _exp_bounded_worst_loop(xf, scale, of, worst):
 @njit(fastmath=FASTMATH, inline="always", **JIT)
 def exp_bounded_worst(xf, scale, of, worst):
     """``of = exp_bounded(xf * scale)`` (``of`` not ``xf``) and, in the same
-    loop, the max of ``worst`` and the :func:`magnitude_bits` of every
+    loop, the max of ``worst`` and the :func:`magnitude_key` of every
     ``xf * scale``: one pass where :func:`within_bound` and then the
     exponentials take two; ``of`` is meaningless unless the result
     :func:`is_within_bound`.  A scale of 1 (every call without a
@@ -340,7 +341,7 @@ def exp_bounded_worst(xf, scale, of, worst):
 def exp_bounded_within(xf, scale, of):
     """:func:`exp_bounded_worst` from nothing: True if every ``|xf * scale|``
     is within the bound (``of`` then holds the exponentials)."""
-    worst = exp_bounded_worst(xf, scale, of, magnitude_bits(like(0.0, scale)))
+    worst = exp_bounded_worst(xf, scale, of, magnitude_key(like(0.0, scale)))
     return is_within_bound(worst, scale)
 
 
