@@ -33,6 +33,7 @@ from fastmax._kernels._math import (
     ordered_dot,
     ordered_sum,
     prefetch,
+    prefetch_to_l2,
     scaled_difference,
     segment_allreduce,
     segment_rows,
@@ -507,18 +508,34 @@ def _prefetched_sum(x):
     return total
 
 
+def _prefetched_to_l2_sum(x):
+    prefetch_to_l2(x)
+    total = 0.0
+    for i in range(x.size):
+        total += x[i]
+    return total
+
+
 prefetched_sum = njit(cache=False)(_prefetched_sum)
+prefetched_to_l2_sum = njit(cache=False)(_prefetched_to_l2_sum)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_prefetch_is_a_hint_that_changes_nothing(dtype):
+@pytest.mark.parametrize(
+    "kernel, x86_instruction",
+    [(prefetched_sum, "prefetcht0"), (prefetched_to_l2_sum, "prefetcht1")],
+)
+def test_prefetch_is_a_hint_that_changes_nothing(dtype, kernel, x86_instruction):
     """prefetch touches no element (any size, the empty array included) and
-    compiles to the CPU's prefetch instruction where there is one."""
+    compiles to the CPU's prefetch instruction where there is one (on x86,
+    of the level asked for)."""
     for n in (0, 1, 15, 16, 17, 1000):
         x = np.arange(n, dtype=dtype)
         before = x.copy()
-        assert prefetched_sum(x) == float(before.sum(dtype=np.float64))
+        assert kernel(x) == float(before.sum(dtype=np.float64))
         np.testing.assert_array_equal(x, before)
-    asm = prefetched_sum.inspect_asm(prefetched_sum.signatures[0])
-    instruction = r"\tprfm\s" if platform.machine() in ("aarch64", "arm64") else r"\tprefetch\w*\s"
-    assert re.search(instruction, asm), "no prefetch instruction"
+    asm = kernel.inspect_asm(kernel.signatures[0])
+    if platform.machine() in ("aarch64", "arm64"):
+        assert re.search(r"\tprfm\s", asm), "no prefetch instruction"
+    elif platform.machine() in ("x86_64", "AMD64"):
+        assert re.search(rf"\t{x86_instruction}\s", asm), f"no {x86_instruction}"

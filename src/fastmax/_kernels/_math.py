@@ -75,7 +75,7 @@ def data_address(typingctx, arr):
     return types.uintp(arr), codegen
 
 
-def _prefetch_typer(arr, i, write):
+def _prefetch_typer(arr, i, write, locality=3):
     if not isinstance(arr, types.Array) or not isinstance(i, types.Integer):
         return None
 
@@ -89,8 +89,9 @@ def _prefetch_typer(arr, i, write):
         fn = builder.module.declare_intrinsic(
             "llvm.prefetch", [i8p], ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
         )
-        # read (0) or write (1), high temporal locality (3), data cache (1)
-        builder.call(fn, [builder.bitcast(ptr, i8p), i32(int(write)), i32(3), i32(1)])
+        # read (0) or write (1), temporal locality (3: all levels, prefetcht0;
+        # 2: L2 and below, prefetcht1), data cache (1)
+        builder.call(fn, [builder.bitcast(ptr, i8p), i32(int(write)), i32(locality), i32(1)])
         return context.get_dummy_value()
 
     return types.none(arr, i), codegen
@@ -102,6 +103,13 @@ def prefetch_line(typingctx, arr, i):
     (``llvm.prefetch``: a hint, no fault on any address; compiled to nothing
     where the CPU has no prefetch instruction).  ``i`` is not bounds-checked."""
     return _prefetch_typer(arr, i, False)
+
+
+@intrinsic
+def prefetch_line_to_l2(typingctx, arr, i):
+    """:func:`prefetch_line` into L2 and below (``prefetcht1`` on x86), for
+    lines a loop reads a little later: the loop's own loads bring them to L1."""
+    return _prefetch_typer(arr, i, False, 2)
 
 
 @intrinsic
@@ -123,6 +131,14 @@ def prefetch(arr):
     step = max(1, CACHE_LINE // arr.itemsize)
     for i in range(0, arr.size, step):
         prefetch_line(arr, i)
+
+
+@njit(fastmath=EXACT_MATH, inline="always", cache=True)
+def prefetch_to_l2(arr):
+    """:func:`prefetch` by :func:`prefetch_line_to_l2`."""
+    step = max(1, CACHE_LINE // arr.itemsize)
+    for i in range(0, arr.size, step):
+        prefetch_line_to_l2(arr, i)
 
 
 @njit(fastmath=EXACT_MATH, inline="always", cache=True)

@@ -26,7 +26,16 @@ import numpy as np
 from numba import njit
 
 from .._config import FASTMATH, JIT
-from ._math import exp_nonpos, exp_term, fmaximum, is_single, like, ordered_sum, stack_array
+from ._math import (
+    exp_nonpos,
+    exp_term,
+    fmaximum,
+    is_single,
+    like,
+    ordered_sum,
+    prefetch_to_l2,
+    stack_array,
+)
 
 #: Elements per block of the online max+sum: small enough to stay in L1.
 BLOCK = 2048
@@ -36,6 +45,31 @@ ACC_RUN = 2048
 #: logsumexp results smaller than this are recomputed in SciPy's more precise
 #: form (below it, ``m + log(total)`` loses relative accuracy to cancellation).
 NEAR_ZERO = 1e-2
+
+
+#: Rows of at most this many bytes, of arrays of at least
+#: :data:`PREFETCH_MIN_BYTES`, are prefetched :data:`PREFETCH_AHEAD_BYTES`
+#: ahead by the read-only pipelined row passes: such a row is at most a
+#: page, and the hardware prefetchers stop at page boundaries.  Measured
+#: (same-process pairs, 2 threads): logsumexp and cross-entropy forward of
+#: 32768 x 1000 float32 26-29% faster; 1024 x 1000 float32 (in cache) 7%
+#: slower, hence the size floor; rows of 8000 bytes 10% slower, and no gain
+#: in passes that also write.  Into L2 (into L1 one thread took 10% longer).
+PREFETCH_ROW_BYTES = 4096
+PREFETCH_AHEAD_BYTES = 8192
+PREFETCH_MIN_BYTES = 1 << 24
+
+
+@njit(fastmath=FASTMATH, inline="always", **JIT)
+def prefetch_row_ahead(x, r, r1):
+    """Prefetch the row of ``x`` (2-D; rows before ``r1``) about
+    :data:`PREFETCH_AHEAD_BYTES` after row ``r``, for rows and arrays of the
+    sizes above."""
+    row_bytes = x.shape[1] * x.itemsize
+    if row_bytes <= PREFETCH_ROW_BYTES and x.shape[0] * row_bytes >= PREFETCH_MIN_BYTES:
+        ahead = r + (PREFETCH_AHEAD_BYTES + row_bytes - 1) // row_bytes
+        if ahead < r1:
+            prefetch_to_l2(x[ahead])
 
 
 @njit(fastmath=FASTMATH, **JIT)

@@ -46,6 +46,7 @@ from .reduce import (
     logsumexp_of_row,
     lse_of_stats,
     merge_max_sumexp,
+    prefetch_row_ahead,
     row_max,
     row_max_sumexp,
     sumexp_next_max,
@@ -529,6 +530,7 @@ def logsumexp_rows(x, scale, res, n_blocks):
         m_next = row_max(x[r0])
         for r in range(r0, r1):
             m = m_next * scale
+            prefetch_row_ahead(x, r, r1)
             total, m_next = sumexp_next_max(x[r], x[min(r + 1, r1 - 1)], scale, m)
             res[r] = logsumexp_of_row(x[r], scale, m, total)
 

@@ -37,7 +37,14 @@ from ._math import (
     ordered_sum,
     stack_array,
 )
-from .reduce import BLOCK, lse_of_stats, row_max, row_max_sumexp, sumexp_next_max
+from .reduce import (
+    BLOCK,
+    lse_of_stats,
+    prefetch_row_ahead,
+    row_max,
+    row_max_sumexp,
+    sumexp_next_max,
+)
 from .schedule import SMALL_ROWS, block_bounds, chunk_of, driver
 from .softmax import (
     exp_store_sum_next_max,
@@ -223,6 +230,8 @@ def xent_index_rows(
             t = target[r]
             xr = x[r]
             nxt = x[min(r + 1, r1 - 1)]
+            if not write_grad:
+                prefetch_row_ahead(x, r, r1)
             if t == ignore_index:
                 if not online:
                     m_next = row_max(nxt)
