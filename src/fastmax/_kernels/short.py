@@ -14,7 +14,8 @@ flat array, so every loop is a full-width vector loop.
 * Other blocks take the shifted path: each row's max and sum reduced inside
   the vectors by :func:`segment_allreduce` (every lane of a row ends up
   holding them), or for log_softmax by the trees.
-* The blocks :data:`AHEAD` are prefetched, the output's for writing.
+* The blocks :data:`AHEAD` are prefetched, the input's into L2 (4M x 8, same-process
+  pairs: 2-8% faster than into L1), the output's for writing.
 
 Blocks whose rows are not all finite (NaN or ±inf maxima) are handed to the
 row kernels, whose rules give SciPy's answers; so are the rows after the
@@ -42,8 +43,8 @@ from ._math import (
     log_positive,
     magnitude_key,
     ordered_sum,
-    prefetch,
     prefetch_for_write,
+    prefetch_to_l2,
     segment_allreduce,
     segment_rows,
     segment_spread,
@@ -107,8 +108,8 @@ def out_block_ahead(arr, b, b1, in_place):
 
 @njit(fastmath=FASTMATH, **JIT)
 def prefetch_block(arr, b, b1, size):
-    """Prefetch :func:`block_ahead` at once."""
-    prefetch(block_ahead(arr, b, b1, size))
+    """Prefetch :func:`block_ahead` into L2 at once."""
+    prefetch_to_l2(block_ahead(arr, b, b1, size))
 
 
 @njit(fastmath=FASTMATH, **JIT)
@@ -159,7 +160,7 @@ def _block_exp(xb, scale, e, ahead, ahead_out):
     for q in range(EXP_PARTS):
         k0 = q * n // EXP_PARTS
         k1 = (q + 1) * n // EXP_PARTS
-        prefetch(ahead[k0:k1])
+        prefetch_to_l2(ahead[k0:k1])
         prefetch_for_write(ahead_out[k0:k1])
         worst = exp_bounded_worst(xb[k0:k1], scale, e[k0:k1], worst)
     return is_within_bound(worst, scale)
@@ -300,7 +301,7 @@ def _softmax_block(xb, ob, scale, log, m, e, u, rows, lows, ahead, ahead_out):
         _softmax_direct(xb, ob, scale, log, e, u, m, rows, lows)
         return True
     if not direct:
-        prefetch(ahead)
+        prefetch_to_l2(ahead)
         prefetch_for_write(ahead_out)
     if log:
         return _log_softmax_shifted(xb, ob, scale, m, e, u, rows)
