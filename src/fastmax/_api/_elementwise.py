@@ -41,29 +41,36 @@ def last_axis_rows(a: np.ndarray) -> np.ndarray:
     return a if a.ndim == 2 else a.reshape(-1, a.shape[-1])
 
 
-def fast_out(out: Any, x: np.ndarray, *others: np.ndarray, shape: tuple | None = None) -> bool:
+def fast_out(
+    out: Any, x: np.ndarray, other: np.ndarray | None = None, shape: tuple | None = None
+) -> bool:
     """``out`` for the common call: None, or a C-contiguous array of ``x``'s
-    dtype and shape (or ``shape``, a reduction's) that is each input itself
-    or shares no memory with it."""
+    dtype and shape (or ``shape``, a reduction's) that is ``x`` (or
+    ``other``, a second input) itself or shares no memory with it."""
     if out is None:
         return True
     if type(out) is not np.ndarray:
         return False
     flags = out.flags
+    dtype = out.dtype
     if not (
-        out.dtype == x.dtype
+        (dtype is x.dtype or dtype == x.dtype)
         and out.shape == (x.shape if shape is None else shape)
         and flags.c_contiguous
         and flags.writeable
     ):
         return False
+    # Two arrays that each own their data are two allocations (quicker to
+    # ask than np.may_share_memory, which computes both extents).
     owns = flags.owndata
-    for a in (x, *others):
-        # Two arrays that each own their data are two allocations (quicker
-        # to ask than np.may_share_memory, which computes both extents).
-        if out is not a and not (owns and a.flags.owndata) and np.may_share_memory(out, a):
-            return False
-    return True
+    if out is not x and not (owns and x.flags.owndata) and np.may_share_memory(out, x):
+        return False
+    return (
+        other is None
+        or out is other
+        or (owns and other.flags.owndata)
+        or not np.may_share_memory(out, other)
+    )
 
 
 @dataclass
