@@ -500,24 +500,22 @@ def test_segment_rows_and_spread(dtype, seg):
     assert (untouched == -7).all()
 
 
-def _prefetched_sum(x):
-    prefetch(x)
-    total = 0.0
-    for i in range(x.size):
-        total += x[i]
-    return total
+def _prefetched_sum(prefetch_fn):
+    """A jitted sum of an array that ``prefetch_fn`` prefetches first."""
+
+    @njit(cache=False)
+    def prefetched_sum(x):
+        prefetch_fn(x)
+        total = 0.0
+        for i in range(x.size):
+            total += x[i]
+        return total
+
+    return prefetched_sum
 
 
-def _prefetched_to_l2_sum(x):
-    prefetch_to_l2(x)
-    total = 0.0
-    for i in range(x.size):
-        total += x[i]
-    return total
-
-
-prefetched_sum = njit(cache=False)(_prefetched_sum)
-prefetched_to_l2_sum = njit(cache=False)(_prefetched_to_l2_sum)
+prefetched_sum = _prefetched_sum(prefetch)
+prefetched_to_l2_sum = _prefetched_sum(prefetch_to_l2)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
