@@ -317,25 +317,17 @@ def is_within_bound(worst, scale):
 
 
 @njit(fastmath=FASTMATH, inline="always", **JIT)
-def _exp_bounded_worst_loop(xf, scale, of, worst):
-    for k in range(xf.size):
-        v = xf[k] * scale
-        worst = max_key(worst, magnitude_key(v))
-        of[k] = exp_bounded(v)
-    return worst
-
-
-@njit(fastmath=FASTMATH, inline="always", **JIT)
 def exp_bounded_worst(xf, scale, of, worst):
     """``of = exp_bounded(xf * scale)`` (``of`` not ``xf``) and, in the same
     loop, the max of ``worst`` and the :func:`magnitude_key` of every
     ``xf * scale``: one pass where :func:`within_bound` and then the
     exponentials take two; ``of`` is meaningless unless the result
-    :func:`is_within_bound`.  A scale of 1 (every call without a
-    temperature) takes a loop without the multiply."""
-    if scale == 1:
-        return _exp_bounded_worst_loop(xf, like(1.0, scale), of, worst)
-    return _exp_bounded_worst_loop(xf, scale, of, worst)
+    :func:`is_within_bound`."""
+    for k in range(xf.size):
+        v = xf[k] * scale
+        worst = max_key(worst, magnitude_key(v))
+        of[k] = exp_bounded(v)
+    return worst
 
 
 @njit(fastmath=FASTMATH, inline="always", **JIT)
