@@ -312,6 +312,56 @@ def test_many_short_rows_reduced_in_one_call(dtype, n_cols, reduction, rng):
     assert np.isnan(grad[2 * rows_per_block + 1]).all()
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_cols", [2, 8, 16])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_short_rows_check_their_targets_in_the_pass(dtype, n_cols, reduction, rng):
+    """The common call (no weight, smoothing or z-loss) on short rows: one
+    kernel pass that also checks the targets and counts the kept ones.  The
+    loss against the reference, with ignored samples in full blocks and in
+    the rows after them, an ``ignore_index`` that is a class, and blocks on
+    each path (direct, shifted, row kernels)."""
+    if not short.fits(n_cols, np.dtype(dtype).itemsize):
+        pytest.skip("rows longer than a vector")
+    rows_per_block = short.BLOCK_ELEMENTS // n_cols
+    n = 4 * rows_per_block + 3
+    x, t = _problem(rng, (n, n_cols), -1, dtype, "index")
+    t[rows_per_block : rows_per_block + 7] = -100
+    x[2 * rows_per_block + 2, 0] = 95.0  # past the direct path's bound of 80
+    tol = dict(rtol=2e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-13)
+    for ignore in (-100, 1):
+        ti = np.where(t == -100, ignore, t)
+        expected = ref.cross_entropy(x, ti, ignore_index=ignore, reduction=reduction)
+        got = fastmax.softmax_cross_entropy(x, ti, ignore_index=ignore, reduction=reduction)
+        assert got.dtype == dtype and got.shape == ()
+        np.testing.assert_allclose(got, expected, **tol)
+    x[3 * rows_per_block + 4, :] = -np.inf
+    with np.errstate(invalid="ignore"):
+        expected = ref.cross_entropy(x, t, reduction=reduction)
+    np.testing.assert_allclose(fastmax.softmax_cross_entropy(x, t, reduction=reduction), expected)
+    t[:] = -100
+    all_ignored = fastmax.softmax_cross_entropy(x, t, reduction=reduction)
+    assert np.isnan(all_ignored) if reduction == "mean" else all_ignored == 0
+
+
+@pytest.mark.parametrize("bad", [8, -1, 2**40, -(2**40), 10**18])
+@pytest.mark.parametrize("where", ["first block", "last full block", "after the blocks"])
+def test_bad_targets_on_short_rows_raise(bad, where, rng):
+    """Targets checked inside the short-row pass: a bad one anywhere raises
+    the error of the separate check (its value and index), and reads
+    nothing outside the logits (the values are past any row and past the
+    address space)."""
+    rows_per_block = short.BLOCK_ELEMENTS // 8
+    n = 3 * rows_per_block + 5
+    x = rng.standard_normal((n, 8)).astype(np.float32)
+    t = rng.integers(0, 8, size=n)
+    i = {"first block": 3, "last full block": 3 * rows_per_block - 1, "after the blocks": n - 2}
+    t[i[where]] = bad
+    for reduction in ("mean", "sum", "none"):
+        with pytest.raises(ValueError, match=f"target {bad} at index \\({i[where]},\\)"):
+            fastmax.softmax_cross_entropy(x, t, reduction=reduction)
+
+
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_few_long_rows_split_across_threads(dtype, smoothing, rng):

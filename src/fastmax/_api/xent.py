@@ -364,9 +364,7 @@ def _kernel(pb: _Problem, rows, index, probs, part_a, part_z, grad_rows, scale, 
     forward_nll = index is not None and not write and pb.smoothing == 0.0
     if forward_nll and short.fits_rows(rows):
         # Many short rows: logsumexp with the rows reduced inside vectors.
-        short.xent_index_short_rows(
-            rows.size, rows, index, pb.weight, pb.ignore_index, part_a, part_z, False, n_blocks
-        )
+        _short_forward(rows, index, pb.weight, pb.ignore_index, False, part_a, part_z)
         return
     out = grad_rows if write else np.empty((1, rows.shape[1]), pb.cdt)
     scale = scale if write else np.empty(1)
@@ -493,21 +491,51 @@ def _run_short_sums(pb: _Problem, grad_rows: np.ndarray | None, scale, scale_z):
     1-element parts.  The gradient's scales of "mean"/"sum" are one value
     for every sample: a stride-0 view of it stands for the per-row array."""
     rows = pb.rows
-    n = rows.shape[0]
-    n_parts = short.block_count(*rows.shape) + 1
-    part_a = np.empty(n_parts)
-    part_z = np.empty(n_parts)
-    n_blocks = row_blocks(n) if rows.size >= PARALLEL_MIN_ELEMENTS else 1
-    args = (rows.size, rows, pb.index, pb.weight, pb.ignore_index)
     if grad_rows is None:
-        short.xent_index_short_rows(*args, part_a, part_z, True, n_blocks)
+        part_a, part_z, _ = _short_forward(rows, pb.index, pb.weight, pb.ignore_index, True)
     else:
+        n = rows.shape[0]
+        part_a = np.empty(short.block_count(*rows.shape) + 1)
+        part_z = np.empty_like(part_a)
+        n_blocks = row_blocks(n) if rows.size >= PARALLEL_MIN_ELEMENTS else 1
+        args = (rows.size, rows, pb.index, pb.weight, pb.ignore_index)
         scale = np.broadcast_to(scale[:1], n)
         scale_z = np.broadcast_to(scale_z[:1], n)
         short.xent_index_grad_short_rows(
             *args, pb.z_loss, part_a, part_z, True, grad_rows, scale, scale_z, n_blocks
         )
     return np.array([part_a.sum()]), np.array([part_z.sum()])
+
+
+def _short_forward(rows, index, weight, ignore_index, sums: bool, part_a=None, part_z=None):
+    """:func:`short.xent_index_short_rows` on ``rows`` that ``short.fits_rows``:
+    the parts per block (``sums``, into new arrays) or per row (into
+    ``part_a``/``part_z``), and the numbers of kept rows and of bad targets
+    (the kernel checks the targets in its pass)."""
+    if sums:
+        part_a = np.empty(short.block_count(*rows.shape) + 1)
+        part_z = np.empty_like(part_a)
+    counts = np.empty((short.block_count(*rows.shape) + 1, 2), np.int64)
+    # Small calls run serially: no thread-count query for their block count.
+    n_blocks = row_blocks(rows.shape[0]) if rows.size >= PARALLEL_MIN_ELEMENTS else 1
+    short.xent_index_short_rows(
+        rows.size, rows, index, weight, ignore_index, part_a, part_z, sums, counts, n_blocks
+    )
+    return part_a, part_z, counts.sum(axis=0)
+
+
+def _short_reduced_call(logits, target, ignore_index, reduction):
+    """The reduced loss of a :func:`_common_call` on short rows in one kernel
+    call, which checks the targets in its pass over the logits rather than in
+    a pass of its own before it; None on a bad target (the general path then
+    raises)."""
+    w = _unit_weights(logits.shape[1], logits.dtype)
+    part_a, _, (kept, bad) = _short_forward(logits, target, w, ignore_index, True)
+    if bad:
+        return None
+    total = float(part_a.sum())
+    # The rules of _loss_of_sums, with unit weights (the denominator is the count).
+    return logits.dtype.type(_divide(total, float(kept)) if reduction == "mean" else total)
 
 
 def _run(pb: _Problem, grad_rows: np.ndarray | None, scale, scale_z):
@@ -719,12 +747,14 @@ def softmax_cross_entropy(
     Returns a 0-d result of the logits' dtype for "mean"/"sum", an array of the
     per-sample shape for "none".
     """
-    if (
-        _common_call(logits, target, axis, weight, ignore_index, reduction, label_smoothing, z_loss)
-        and reduction != "none"
-        and _small_rows(logits)
+    if reduction != "none" and _common_call(
+        logits, target, axis, weight, ignore_index, reduction, label_smoothing, z_loss
     ):
-        loss = _small_reduced_call(logits, target, ignore_index, reduction, logits, False)
+        loss = None
+        if _small_rows(logits):
+            loss = _small_reduced_call(logits, target, ignore_index, reduction, logits, False)
+        elif short.fits_rows(logits):
+            loss = _short_reduced_call(logits, target, ignore_index, reduction)
         if loss is not None:
             return loss
     pb = _prepare(
