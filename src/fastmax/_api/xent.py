@@ -359,8 +359,7 @@ def _kernel(pb: _Problem, rows, index, probs, part_a, part_z, grad_rows, scale, 
     ):
         _split_index_rows(pb, rows, index, part_a, part_z, grad_rows, scale, scale_z)
         return
-    # Small calls run serially: no thread-count query for their block count.
-    n_blocks = row_blocks(rows.shape[0]) if rows.size >= PARALLEL_MIN_ELEMENTS else 1
+    n_blocks = _row_blocks(rows)
     forward_nll = index is not None and not write and pb.smoothing == 0.0
     if forward_nll and short.fits_rows(rows):
         # Many short rows: logsumexp with the rows reduced inside vectors.
@@ -494,17 +493,27 @@ def _run_short_sums(pb: _Problem, grad_rows: np.ndarray | None, scale, scale_z):
     if grad_rows is None:
         part_a, part_z, _ = _short_forward(rows, pb.index, pb.weight, pb.ignore_index, True)
     else:
+        part_a, part_z = _block_parts(rows)
         n = rows.shape[0]
-        part_a = np.empty(short.block_count(*rows.shape) + 1)
-        part_z = np.empty_like(part_a)
-        n_blocks = row_blocks(n) if rows.size >= PARALLEL_MIN_ELEMENTS else 1
-        args = (rows.size, rows, pb.index, pb.weight, pb.ignore_index)
-        scale = np.broadcast_to(scale[:1], n)
-        scale_z = np.broadcast_to(scale_z[:1], n)
         short.xent_index_grad_short_rows(
-            *args, pb.z_loss, part_a, part_z, True, grad_rows, scale, scale_z, n_blocks
-        )
+            rows.size, rows, pb.index, pb.weight, pb.ignore_index, pb.z_loss, part_a, part_z,
+            True, grad_rows, np.broadcast_to(scale[:1], n), np.broadcast_to(scale_z[:1], n),
+            _row_blocks(rows),
+        )  # fmt: skip
     return np.array([part_a.sum()]), np.array([part_z.sum()])
+
+
+def _row_blocks(rows: np.ndarray) -> int:
+    """The row kernels' block count; small calls run serially (one block, and
+    no thread-count query)."""
+    return row_blocks(rows.shape[0]) if rows.size >= PARALLEL_MIN_ELEMENTS else 1
+
+
+def _block_parts(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``part_a``/``part_z`` of the short-row kernels' per-block sums: one per
+    full block of ``rows`` and one for the rows after them."""
+    part_a = np.empty(short.block_count(*rows.shape) + 1)
+    return part_a, np.empty_like(part_a)
 
 
 def _short_forward(rows, index, weight, ignore_index, sums: bool, part_a=None, part_z=None):
@@ -513,14 +522,12 @@ def _short_forward(rows, index, weight, ignore_index, sums: bool, part_a=None, p
     ``part_a``/``part_z``), and the numbers of kept rows and of bad targets
     (the kernel checks the targets in its pass)."""
     if sums:
-        part_a = np.empty(short.block_count(*rows.shape) + 1)
-        part_z = np.empty_like(part_a)
+        part_a, part_z = _block_parts(rows)
     counts = np.empty((short.block_count(*rows.shape) + 1, 2), np.int64)
-    # Small calls run serially: no thread-count query for their block count.
-    n_blocks = row_blocks(rows.shape[0]) if rows.size >= PARALLEL_MIN_ELEMENTS else 1
     short.xent_index_short_rows(
-        rows.size, rows, index, weight, ignore_index, part_a, part_z, sums, counts, n_blocks
-    )
+        rows.size, rows, index, weight, ignore_index, part_a, part_z, sums, counts,
+        _row_blocks(rows),
+    )  # fmt: skip
     return part_a, part_z, counts.sum(axis=0)
 
 

@@ -62,7 +62,7 @@ from .softmax import (
     softmax_rows_cached_block,
 )
 from .softmax import write_row_per_column as softmax_write_per_column
-from .xent import count_targets, grad_factor, index_parts, xent_index_rows
+from .xent import grad_factor, xent_index_rows
 
 _xent_rows_serial = xent_index_rows.serial
 
@@ -492,11 +492,12 @@ def xent_index_short_rows(x, target, w, ignore_index, part_a, part_z, sums, coun
     lse = stack_array(MAX_BLOCK_ROWS, 0.0)[:tail]
     pa = stack_array(MAX_BLOCK_ROWS, 0.0)[:tail]
     pz = stack_array(MAX_BLOCK_ROWS, 0.0)[:tail]
-    counts[n_blocks, 0], counts[n_blocks, 1] = count_targets(target[r0:], n_cols, ignore_index)
-    if counts[n_blocks, 1] == 0:  # (index_parts reads at the targets)
+    kept = bad = 0
+    if tail:  # the rows after the last full block, as one more (short) block
         _rows_logsumexp(x, r0, one, lse)
-        index_parts(x, target, w, ignore_index, lse, r0, pa, pz, 0)
-        _store_parts(pa, pz, part_a, part_z, n_blocks, r0, sums)
+        kept, bad = _block_index_parts(xf[r0 * n_cols :], target, w, ignore_index, lse, r0, pa, pz)
+    counts[n_blocks, 0], counts[n_blocks, 1] = kept, bad
+    _store_parts(pa, pz, part_a, part_z, n_blocks, r0, sums)
 
 
 @njit(fastmath=FASTMATH, **JIT)

@@ -61,7 +61,7 @@ TARGET_CHUNKS = 16
 
 
 @njit(fastmath=FASTMATH, **JIT)
-def count_targets(target, n_classes, ignore_index):
+def _count_targets(target, n_classes, ignore_index):
     """How many targets are kept and how many of those are outside ``[0, C)``:
     one loop without an exit, so it vectorizes."""
     kept = 0
@@ -88,7 +88,7 @@ def _kept_weight(target, ignore_index, weight):
 @njit(fastmath=FASTMATH, **JIT)
 def check_chunk(target, n_classes, ignore_index, weight):
     """:func:`check_targets` of one chunk (positions within it)."""
-    kept, bad = count_targets(target, n_classes, ignore_index)
+    kept, bad = _count_targets(target, n_classes, ignore_index)
     if bad:
         for i in range(target.size):
             t = target[i]
