@@ -406,6 +406,33 @@ def _thread_count_results(inputs):
     ]
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_few_long_rows_do_not_depend_on_thread_count(seed):
+    """Few long rows are split across threads or not by a rule that does not
+    look at the thread count (a split row's statistics are merged from
+    chunks, and differ from a whole row's in the last bits)."""
+    x = np.random.default_rng(seed).standard_normal((3, 2 * schedule.SPLIT_CHUNK + 7))
+    labels = np.array([0, 5, x.shape[1] - 1])
+    before = numba.get_num_threads()
+    results = []
+    try:
+        for threads in sorted({1, 2, before}):
+            numba.set_num_threads(threads)
+            results.append(
+                [
+                    fastmax.softmax(x),
+                    fastmax.log_softmax(x),
+                    fastmax.logsumexp(x),
+                    *fastmax.softmax_cross_entropy_with_grad(x, labels),
+                ]
+            )
+    finally:
+        numba.set_num_threads(before)
+    for other in results[1:]:
+        for a, b in zip(results[0], other, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_results_do_not_depend_on_thread_count(dtype, rng):
     inputs = _thread_count_inputs(rng, dtype)

@@ -188,6 +188,33 @@ def test_many_short_rows(dtype, n_cols, rng):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(200, 300), (24, 5000)])
+def test_row_forward(dtype, shape, rng):
+    """The forward pass of the row kernels, on rows of a block or less and on
+    longer rows (read once, online), against the reference: ignored rows
+    (the first and last of the array and of a block among them), rows that
+    are all -inf or have a NaN, weights and z-loss."""
+    x, t = _problem(rng, shape, -1, dtype, "index")
+    t[[0, 1, 7, -1]] = -1
+    x[3, :] = -np.inf
+    x[5, 2] = np.nan
+    w = (rng.random(shape[1]) + 0.5).astype(dtype)
+    tol = dict(rtol=2e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-13)
+    for kw in ({}, {"weight": w, "z_loss": 1e-3}):
+        kw = dict(kw, ignore_index=-1)
+        with np.errstate(invalid="ignore"):
+            expected = ref.cross_entropy(x, t, reduction="none", **kw)
+        got = fastmax.softmax_cross_entropy(x, t, reduction="none", **kw)
+        np.testing.assert_allclose(got, expected, **tol)
+        finite = np.isfinite(x).all(axis=1)
+        np.testing.assert_allclose(
+            fastmax.softmax_cross_entropy(x[finite], t[finite], **kw),
+            ref.cross_entropy(x[finite], t[finite], **kw),
+            **tol,
+        )
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_small_forward_without_a_max_pass(dtype, rng):
     """The small forward kernel skips the maxima of a C-contiguous input whose
     values are all within the exp bound: it agrees with a strided view of

@@ -365,6 +365,11 @@ def _kernel(pb: _Problem, rows, index, probs, part_a, part_z, grad_rows, scale, 
         # Many short rows: logsumexp with the rows reduced inside vectors.
         _short_forward(rows, index, pb.weight, pb.ignore_index, False, part_a, part_z)
         return
+    if forward_nll:
+        K.xent_index_forward(
+            rows.size, rows, index, pb.weight, pb.ignore_index, part_a, part_z, n_blocks
+        )
+        return
     out = grad_rows if write else np.empty((1, rows.shape[1]), pb.cdt)
     scale = scale if write else np.empty(1)
     scale_z = scale_z if write else np.empty(1)

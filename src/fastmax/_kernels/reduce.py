@@ -30,7 +30,6 @@ from ._math import (
     exp_nonpos,
     exp_term,
     fmaximum,
-    is_single,
     like,
     ordered_sum,
     prefetch_to_l2,
@@ -90,24 +89,17 @@ def _sumexp_run(x, nxt, scale, shift, m_next, buf):
 
 
 @njit(fastmath=FASTMATH, inline="always", **JIT)
-def sumexp_next_max(x, nxt, scale, shift, ordered=False):
+def sumexp_next_max(x, nxt, scale, shift):
     """``sum(exp(x * scale - shift))`` as float64 and, in the same loop, the max
     of ``nxt`` (at least as long as ``x``): the next row or block streams in
     from memory while this one's exponentials are computed from cache.
 
     Runs of :data:`ACC_RUN` exponentials go to a stack buffer and are summed
     by :func:`ordered_sum` (in the row's type, in a fixed order); runs add up
-    in float64.  float64 rows sum in one loop (vectorized by LLVM, in its
-    order: measured 15% faster) unless ``ordered``, which kernels pass when
-    other rows of the same call are summed by :func:`ordered_sum` (a row's
-    result must not depend on which kernel path took it)."""
+    in float64.  The fixed order lets float64 exponentials take Horner's
+    scheme (see :func:`exp_term`), whose sums in LLVM's order were measured
+    to differ between builds of one kernel."""
     m_next = nxt[0]
-    if not is_single(x) and not ordered:
-        total = 0.0
-        for i in range(x.size):
-            total += np.float64(exp_term(x[i] * scale - shift))
-            m_next = fmaximum(m_next, nxt[i])
-        return total, m_next
     buf = stack_array(ACC_RUN, shift)
     total = 0.0
     n = x.size

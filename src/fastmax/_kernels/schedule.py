@@ -30,6 +30,13 @@ PARALLEL_MIN_ELEMENTS = 1 << 15
 CACHED_ROW_BYTES = 1 << 20
 #: Elements per task when a row is split across threads.
 SPLIT_CHUNK = 1 << 16
+#: Rows of at least ``2 * SPLIT_CHUNK`` elements are split across threads
+#: when there are fewer than this many (two per thread on the 2-core machine
+#: the thresholds were measured on).  A constant, not a multiple of the
+#: thread count: a split row's statistics are merged from fixed chunks, a
+#: whole row's are not, and the two differ in the last bits, so the choice
+#: must not depend on the thread count.
+SPLIT_ROWS = 4
 #: The column kernels (reduction over a non-last axis) split the reduced axis
 #: into this many chunks of whole rows: each thread then streams memory
 #: sequentially (splitting columns instead, each thread would read part of
@@ -135,8 +142,9 @@ def chunk_of(task, n_chunks, chunk, n_cols):
 
 
 def split_rows(n_rows: int, n_cols: int) -> bool:
-    """Split rows across threads when there are too few rows to go round."""
-    return n_cols >= 2 * SPLIT_CHUNK and n_rows < 2 * numba.get_num_threads()
+    """Split rows across threads when there are too few rows to go round
+    (fewer than :data:`SPLIT_ROWS`, whatever the thread count)."""
+    return n_cols >= 2 * SPLIT_CHUNK and n_rows < SPLIT_ROWS
 
 
 def row_blocks(n_rows: int) -> int:

@@ -211,20 +211,15 @@ def xent_index_rows(
     """Index targets.  ``scale``/``scale_z`` (per row) multiply the gradient of
     the NLL+smoothing part and of the z-loss part (the reduction's denominators
     and the upstream gradient).  Rows go in ``n_blocks`` blocks of consecutive
-    rows, each row's pass also reading the next row's max.  The forward of
-    rows longer than a block (no smoothing) reads each row once instead, by
-    :func:`row_max_sumexp` as logsumexp does: the next row's max read along
-    with a long row's exponentials from L2 cost 2.2 read floors on 128 x
-    256K float32 against 1.65 (and 2.25 against 1.66 on 2048 x 32000
-    float64); ignored rows are then not read at all."""
+    rows, each row's pass also reading the next row's max.  The forward
+    without smoothing is :func:`xent_index_forward`'s."""
     n_rows, n_classes = x.shape
     total_w = 0.0
     for k in range(n_classes):
         total_w += np.float64(w[k])
-    online = n_classes > BLOCK and not write_grad and smoothing == 0.0
     for blk in prange(n_blocks):
         r0, r1 = block_bounds(blk, n_rows, n_blocks)
-        m_next = row_max(x[r0]) if r1 > r0 and not online else x[0, 0]
+        m_next = row_max(x[r0]) if r1 > r0 else x[0, 0]
         for r in range(r0, r1):
             m = m_next
             t = target[r]
@@ -233,8 +228,7 @@ def xent_index_rows(
             if not write_grad:
                 prefetch_row_ahead(x, r, r1)
             if t == ignore_index:
-                if not online:
-                    m_next = row_max(nxt)
+                m_next = row_max(nxt)
                 part_a[r] = 0.0
                 part_z[r] = 0.0
                 if write_grad:
@@ -244,13 +238,7 @@ def xent_index_rows(
                 continue
             xt = np.float64(xr[t])  # before the pass may overwrite it (in place)
             orow = out[r] if write_grad else out[0]
-            if online:
-                m, total = row_max_sumexp(xr, like(1.0, m))
-                xw = 0.0
-            else:
-                total, _, xw, m_next = row_pass(
-                    xr, nxt, w, w, orow, m, smoothing, write_grad, False
-                )
+            total, _, xw, m_next = row_pass(xr, nxt, w, w, orow, m, smoothing, write_grad, False)
             lse = lse_of_stats(m, total)
             wt = np.float64(w[t])
             a = (1.0 - smoothing) * wt * (lse - xt)
@@ -269,19 +257,70 @@ def xent_index_rows(
                 orow[t] -= like(a_nll, m)
 
 
+@njit(fastmath=FASTMATH, inline="always", **JIT)
+def set_index_part(x, target, w, ignore_index, r, lse, part_a, part_z, p):
+    """``part_a[p] = w[t] * (lse - x[r, t])`` and ``part_z[p] = lse**2`` for
+    row ``r`` and its target ``t`` (0 for an ignored row), without branches."""
+    t = target[r]
+    keep = t != ignore_index
+    tt = t if keep else 0
+    a = np.float64(w[tt]) * (lse - np.float64(x[r, tt]))
+    part_a[p] = a if keep else 0.0
+    part_z[p] = lse * lse if keep else 0.0
+
+
 @njit(fastmath=FASTMATH, **JIT)
 def index_parts(x, target, w, ignore_index, lse, r0, part_a, part_z, p0):
-    """Per row ``r0 + i``: ``part_a[p0 + i] = w[t] * (lse[i] - x[t])`` and
-    ``part_z[p0 + i] = lse[i]**2`` (0 for ignored rows), without branches so
-    that the loop vectorizes (gathers)."""
+    """Per row ``r0 + i``: :func:`set_index_part` from ``lse[i]`` into
+    ``p0 + i``, in a loop without branches (it vectorizes)."""
     for i in range(lse.size):
-        r = r0 + i
-        t = target[r]
-        keep = t != ignore_index
-        tt = t if keep else 0
-        a = np.float64(w[tt]) * (lse[i] - np.float64(x[r, tt]))
-        part_a[p0 + i] = a if keep else 0.0
-        part_z[p0 + i] = lse[i] * lse[i] if keep else 0.0
+        set_index_part(x, target, w, ignore_index, r0 + i, lse[i], part_a, part_z, p0 + i)
+
+
+@njit(fastmath=FASTMATH, **JIT)
+def index_forward_block(x, target, w, ignore_index, part_a, part_z, r0, r1):
+    """The forward of index targets without smoothing on rows ``r0:r1`` (of
+    at most a block), pipelined as :func:`softmax.logsumexp_rows_block`:
+    each row's exponentials also read the next row's max.  In a function of
+    its own, apart from :func:`xent_index_rows`' other paths: in that
+    function the loop ran slower (32768 x 1000, same-process pairs)."""
+    one = like(1.0, x[r0, 0])
+    m_next = row_max(x[r0])
+    for r in range(r0, r1):
+        m = m_next
+        prefetch_row_ahead(x, r, r1)
+        total, m_next = sumexp_next_max(x[r], x[min(r + 1, r1 - 1)], one, m)
+        set_index_part(x, target, w, ignore_index, r, lse_of_stats(m, total), part_a, part_z, r)
+
+
+@njit(fastmath=FASTMATH, **JIT)
+def index_forward_long_rows(x, target, w, ignore_index, part_a, part_z, r0, r1):
+    """:func:`index_forward_block` for rows longer than a block: each read
+    once by :func:`row_max_sumexp` (the next row's max read along with a
+    long row's exponentials from L2 cost 2.2 read floors on 128 x 256K
+    float32 against 1.65), and ignored rows not at all."""
+    one = like(1.0, x[r0, 0])
+    for r in range(r0, r1):
+        lse = 0.0
+        if target[r] != ignore_index:
+            m, total = row_max_sumexp(x[r], one)
+            lse = lse_of_stats(m, total)
+        set_index_part(x, target, w, ignore_index, r, lse, part_a, part_z, r)
+
+
+@driver
+def xent_index_forward(x, target, w, ignore_index, part_a, part_z, n_blocks):
+    """The forward of index targets without smoothing (z-loss allowed: its
+    part is ``lse**2``): per row ``part_a = w[t] (lse - x[t])`` and ``part_z
+    = lse**2``, in ``n_blocks`` blocks of consecutive rows."""
+    n_rows, n_classes = x.shape
+    for b in prange(n_blocks):
+        r0, r1 = block_bounds(b, n_rows, n_blocks)
+        if r1 > r0:
+            if n_classes > BLOCK:
+                index_forward_long_rows(x, target, w, ignore_index, part_a, part_z, r0, r1)
+            else:
+                index_forward_block(x, target, w, ignore_index, part_a, part_z, r0, r1)
 
 
 @njit(fastmath=FASTMATH, **JIT)
