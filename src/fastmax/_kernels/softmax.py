@@ -178,6 +178,28 @@ def write_row_per_column(x, out, scale, shift, factor, log):
         _write_per_column_loop(x, out, scale, shift, factor, log)
 
 
+#: The column kernels' write pass in place prefetches the row about this many
+#: bytes ahead, for rows up to :data:`IN_PLACE_ROW_BYTES`.
+IN_PLACE_AHEAD_BYTES = 1 << 14
+IN_PLACE_ROW_BYTES = 1 << 16
+
+
+@njit(fastmath=EXACT_MATH, inline="always", **JIT)
+def prefetch_in_place_ahead(x, out, i, i1):
+    """In a column write pass over rows ``i < i1`` of ``x`` (2-D), prefetch the
+    row :data:`IN_PLACE_AHEAD_BYTES` after row ``i`` when ``out`` is ``x``.
+    Over memory, the write pass in place ran at half the speed of one into
+    another array without it, and at the same speed or better with it (the
+    CE gradient in place along axis 0, 32768 x 1000: float64 2.00 -> 1.00
+    copy floors, float32 0.85 -> 0.63; 8 to 64 KiB ahead measured alike).
+    Into another array it was slower with it (float64 1.22 -> 1.35)."""
+    row_bytes = x.shape[1] * x.itemsize
+    if row_bytes <= IN_PLACE_ROW_BYTES and same_buffer(x, out):
+        k = i + (IN_PLACE_AHEAD_BYTES + row_bytes - 1) // row_bytes
+        if k < i1:
+            prefetch(x[k])
+
+
 @njit(fastmath=FASTMATH, inline="always", **JIT)
 def _exp_store_run(x, out, nxt, scale, m, m_next):
     """``out = exp(x*scale - m)`` and the max of ``nxt``; for float64 also the
@@ -705,7 +727,9 @@ def softmax_cols_write(x, out, scale, log, n_chunks, m, total, shift, factor):
     for j in range(n_cols):
         shift[j], factor[j] = finish(m[j], total[j], log)
     for c in prange(n_chunks):
-        for i in range((c * n) // n_chunks, ((c + 1) * n) // n_chunks):
+        i1 = ((c + 1) * n) // n_chunks
+        for i in range((c * n) // n_chunks, i1):
+            prefetch_in_place_ahead(x, out, i, i1)
             write_row_per_column(x[i], out[i], scale, shift, factor, log)
 
 

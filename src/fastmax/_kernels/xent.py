@@ -49,6 +49,7 @@ from .schedule import SMALL_ROWS, block_bounds, chunk_of, driver
 from .softmax import (
     exp_store_sum_next_max,
     exp_within_bound,
+    prefetch_in_place_ahead,
     same_buffer,
     small_rows_lse,
     write_row,
@@ -528,7 +529,9 @@ def xent_grad_cols(x, out, m, coef, n_chunks):
     n = x.shape[0]
     one = like(1.0, m[0])
     for c in prange(n_chunks):
-        for i in range((c * n) // n_chunks, ((c + 1) * n) // n_chunks):
+        i1 = ((c + 1) * n) // n_chunks
+        for i in range((c * n) // n_chunks, i1):
+            prefetch_in_place_ahead(x, out, i, i1)
             write_row_per_column(x[i], out[i], one, m, coef, False)
 
 
