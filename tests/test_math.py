@@ -40,6 +40,8 @@ from fastmax._kernels._math import (
     segment_spread,
     shifted_row,
     stack_array,
+    stream_copy,
+    stream_fence,
 )
 
 #: Max error in units in the last place (of NumPy's result) over normal results.
@@ -537,3 +539,37 @@ def test_prefetch_is_a_hint_that_changes_nothing(dtype, kernel, x86_instruction)
         assert re.search(r"\tprfm\s", asm), "no prefetch instruction"
     elif platform.machine() in ("x86_64", "AMD64"):
         assert re.search(rf"\t{x86_instruction}\s", asm), f"no {x86_instruction}"
+
+
+@njit(cache=False)
+def _streamed(src, dst):
+    stream_copy(src, dst)
+    stream_fence()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_stream_copy_writes_exactly_its_destination(dtype):
+    """stream_copy copies every element, whatever the destination's offset
+    from a cache line and its length (partial lines at both ends, none, one
+    line or less), and writes nothing around it; on x86 it compiles to
+    streaming stores and a fence."""
+    itemsize = np.dtype(dtype).itemsize
+    lanes = 64 // itemsize
+    backing = np.full(8 * lanes + 64, -7.0, dtype)
+    start = (-(data_address_of(backing) % 64) % 64) // itemsize  # a line boundary
+    for offset in range(lanes + 1):
+        for n in (0, 1, lanes - 1, lanes, lanes + 1, 3 * lanes + 5, 5 * lanes):
+            backing[:] = -7.0
+            src = np.arange(1, n + 1, dtype=dtype)
+            lo = start + offset
+            _streamed(src, backing[lo : lo + n])
+            np.testing.assert_array_equal(backing[lo : lo + n], src)
+            assert (backing[:lo] == -7.0).all() and (backing[lo + n :] == -7.0).all()
+    asm = _streamed.inspect_asm(_streamed.signatures[-1])
+    if platform.machine() in ("x86_64", "AMD64"):
+        assert re.search(r"\tvmovnt(p[sd]|dq)\s", asm), "no streaming store"
+        assert re.search(r"	sfence", asm), "no fence"
+
+
+def data_address_of(arr: np.ndarray) -> int:
+    return arr.__array_interface__["data"][0]

@@ -231,6 +231,44 @@ def test_kernel_paths(dtype, shape, axis, rng):
     ref.assert_matches(got, ref.logsumexp(x, axis=axis), dtype, scale=50)
 
 
+def _streamed_shapes(itemsize: int) -> list[tuple[tuple[int, int], int]]:
+    """Shapes whose outputs the kernels stream (just over the threshold)."""
+    n = -(-schedule.STREAM_MIN_BYTES // itemsize)
+    long_row = schedule.CACHED_ROW_BYTES // itemsize + 3
+    return [
+        ((2, n // 2 + 5), -1),  # few long rows: split across threads
+        (((n // long_row) + 1, long_row), -1),  # rows too long to stay cached
+        ((n // 1000 + 1, 1000), -1),  # rows kept in cache between passes
+        ((n // 1000 + 1, 1000), 0),  # the column kernel
+    ]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_big_outputs_written_by_streaming_stores(dtype, rng):
+    """Outputs over ``STREAM_MIN_BYTES`` into another array go through a
+    stack buffer and streaming stores: right values on every path, into an
+    ``out`` that starts off a cache line (partial lines at the ends of every
+    row), and nothing written around it; in place as before."""
+    itemsize = np.dtype(dtype).itemsize
+    for shape, axis in _streamed_shapes(itemsize):
+        x = (rng.standard_normal(shape) * 10).astype(dtype)
+        x.flat[7] = -np.inf
+        x.flat[x.size // 2] = np.nan
+        backing = np.full(x.size + 2, 5.0, dtype)
+        out = backing[1:-1].reshape(shape)
+        assert schedule.streams(out)
+        for fn, log in SOFTMAXES:
+            expected = ref.softmax(x, axis=axis, log=log)
+            context = f"{fn.__name__} {shape} axis {axis}"
+            assert fn(x, axis=axis, out=out) is out
+            ref.assert_matches(out, expected, dtype, scale=50, context=context)
+            assert backing[0] == 5.0 and backing[-1] == 5.0, context
+            ref.assert_matches(fn(x, axis=axis), expected, dtype, scale=50, context=context)
+        y = x.copy()
+        fastmax.log_softmax(y, axis=axis, out=y)
+        ref.assert_matches(y, ref.softmax(x, axis=axis, log=True), dtype, scale=50)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("n_cols", [2, 4, 8, 16])
 def test_short_rows_reduced_inside_vectors(dtype, n_cols, rng):

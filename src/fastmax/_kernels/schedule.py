@@ -23,6 +23,7 @@ import numba
 from numba import njit
 
 from .._config import FASTMATH, JIT, JIT_ALLOC
+from ._math import STREAMING
 
 #: Below this many elements a parallel launch costs more than it saves.
 PARALLEL_MIN_ELEMENTS = 1 << 15
@@ -45,6 +46,9 @@ SPLIT_ROWS = 4
 COLUMN_CHUNKS = 8
 #: Bytes of rows per block of the column kernels' online max+sum (stays in L2).
 COLUMN_BLOCK_BYTES = 1 << 18
+#: Outputs of at least this many bytes (far more than the caches keep) are
+#: written by streaming stores (see ``softmax.write_row_streamed``).
+STREAM_MIN_BYTES = 1 << 25
 #: The most rows of the small-input kernels (their per-row scratch is on the stack).
 SMALL_ROWS = 2048
 
@@ -160,6 +164,12 @@ def column_chunks(n: int) -> int:
 def column_block_rows(n_cols: int, itemsize: int) -> int:
     """Rows per block of the column kernels' online max+sum."""
     return max(1, COLUMN_BLOCK_BYTES // max(1, n_cols * itemsize))
+
+
+@njit(**JIT)
+def streams(out) -> bool:
+    """Whether a kernel writes ``out`` by streaming stores."""
+    return STREAMING and out.size * out.itemsize >= STREAM_MIN_BYTES
 
 
 def cached_rows(n_cols: int, itemsize: int) -> bool:
