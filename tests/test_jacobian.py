@@ -149,3 +149,28 @@ def test_long_rows_split_across_threads(kind, rng):
     np.testing.assert_allclose(
         getattr(fastmax, kind)(p, v), ref.jvp(kind, p, v), rtol=1e-10, atol=1e-14
     )
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_big_outputs_written_by_streaming_stores(kind, dtype, rng):
+    """Outputs over ``STREAM_MIN_BYTES`` into a third array are streamed from a
+    stack buffer: right values on the row, split-row and column paths, into
+    an ``out`` off a cache line, and nothing written around it."""
+    from fastmax._kernels import schedule
+
+    n = -(-schedule.STREAM_MIN_BYTES // np.dtype(dtype).itemsize)
+    tol = {"rtol": 1e-4, "atol": 1e-5} if dtype == np.float32 else {"rtol": 1e-12, "atol": 1e-14}
+    for shape, axis in [
+        ((n // 1000 + 1, 1000), -1),
+        ((2, n // 2 + 5), -1),
+        ((n // 1000 + 1, 1000), 0),
+    ]:
+        p = _primal(kind, rng.standard_normal(shape), axis).astype(dtype)
+        v = rng.standard_normal(shape).astype(dtype)
+        backing = np.full(p.size + 2, 5.0, dtype)
+        out = backing[1:-1].reshape(shape)
+        assert schedule.streams(out)
+        assert getattr(fastmax, kind)(p, v, axis=axis, out=out) is out
+        np.testing.assert_allclose(out, ref.jvp(kind, p, v, axis=axis), **tol)
+        assert backing[0] == 5.0 and backing[-1] == 5.0

@@ -240,6 +240,7 @@ def _streamed_shapes(itemsize: int) -> list[tuple[tuple[int, int], int]]:
         (((n // long_row) + 1, long_row), -1),  # rows too long to stay cached
         ((n // 1000 + 1, 1000), -1),  # rows kept in cache between passes
         ((n // 1000 + 1, 1000), 0),  # the column kernel
+        ((n // 8 + 1, 8), -1),  # many short rows, in blocks
     ]
 
 
@@ -267,6 +268,15 @@ def test_big_outputs_written_by_streaming_stores(dtype, rng):
         y = x.copy()
         fastmax.log_softmax(y, axis=axis, out=y)
         ref.assert_matches(y, ref.softmax(x, axis=axis, log=True), dtype, scale=50)
+    # An out whose rows are strided is written by plain stores.
+    x = (rng.standard_normal(_streamed_shapes(itemsize)[1][0]) * 10).astype(dtype)
+    wide = np.zeros((x.shape[0], 2 * x.shape[1]), dtype)
+    assert not schedule.streams(wide[:, ::2])
+    for fn, log in SOFTMAXES:
+        wide[:] = 0.0
+        fn(x, out=wide[:, ::2])
+        ref.assert_matches(wide[:, ::2], ref.softmax(x, log=log), dtype, scale=50)
+        assert (wide[:, 1::2] == 0.0).all()
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -13,10 +13,21 @@ import numpy as np
 from numba import njit, prange
 
 from .._config import EXACT_MATH, FASTMATH, JIT
-from ._math import exp, is_single, like, ordered_dot, ordered_sum, scaled_difference, stack_array
+from ._math import (
+    exp,
+    is_single,
+    like,
+    line_offset,
+    ordered_dot,
+    ordered_sum,
+    scaled_difference,
+    stack_array,
+    stream_copy,
+    stream_fence,
+)
 from .reduce import ACC_RUN
-from .schedule import chunk_of, driver
-from .softmax import same_buffer
+from .schedule import chunk_of, driver, streams
+from .softmax import STREAM_CHUNK, same_buffer
 
 SOFTMAX = 0
 LOG_JVP = 1
@@ -90,6 +101,26 @@ def write_row(y, v, out, s, mode):
         _write_loop(y, v, out, s, mode)
 
 
+@njit(fastmath=EXACT_MATH, **JIT)
+def write_row_to(y, v, out, s, mode, stream):
+    """:func:`write_row`, or with ``stream`` into a third unit-stride array by
+    streaming stores from a stack buffer (as ``softmax.write_row_streamed``:
+    the output's lines are not read before they are written).  The caller
+    runs :func:`stream_fence` after its rows."""
+    if not stream or same_buffer(v, out) or same_buffer(y, out) or not unit_strides(y, v, out):
+        write_row(y, v, out, s, mode)
+        return
+    n = out.size
+    head = line_offset(out)
+    _write_loop(y[:head], v[:head], out[:head], s, mode)
+    buf = stack_array(STREAM_CHUNK, s)
+    for i0 in range(head, n, STREAM_CHUNK):
+        i1 = min(i0 + STREAM_CHUNK, n)
+        seg = buf[: i1 - i0]
+        _write_loop(y[i0:i1], v[i0:i1], seg, s, mode)
+        stream_copy(seg, out[i0:i1])
+
+
 @njit(fastmath=EXACT_MATH, inline="always", **JIT)
 def _write_per_column_loop(y, v, out, s, mode):
     if mode == SOFTMAX:
@@ -114,11 +145,32 @@ def write_row_per_column(y, v, out, s, mode):
         _write_per_column_loop(y, v, out, s, mode)
 
 
+@njit(fastmath=EXACT_MATH, **JIT)
+def write_row_per_column_to(y, v, out, s, mode, stream):
+    """:func:`write_row_per_column`, or with ``stream`` by streaming stores as
+    :func:`write_row_to` writes."""
+    if not stream or same_buffer(v, out) or same_buffer(y, out):
+        write_row_per_column(y, v, out, s, mode)
+        return
+    n = out.size
+    head = line_offset(out)
+    _write_per_column_loop(y[:head], v[:head], out[:head], s[:head], mode)
+    buf = stack_array(STREAM_CHUNK, s[0])
+    for i0 in range(head, n, STREAM_CHUNK):
+        i1 = min(i0 + STREAM_CHUNK, n)
+        seg = buf[: i1 - i0]
+        _write_per_column_loop(y[i0:i1], v[i0:i1], seg, s[i0:i1], mode)
+        stream_copy(seg, out[i0:i1])
+
+
 @driver
 def jvp_rows(y, v, out, mode):
+    stream = streams(out)
     for r in prange(out.shape[0]):
         s = row_sum(y[r], v[r], mode)
-        write_row(y[r], v[r], out[r], like(s, out[r, 0]), mode)
+        write_row_to(y[r], v[r], out[r], like(s, out[r, 0]), mode, stream)
+        if stream:
+            stream_fence()
 
 
 @driver
@@ -148,9 +200,11 @@ def jvp_cols(y, v, out, mode, n_chunks, parts, s):
         for c in range(n_chunks):
             total += parts[c, j]
         s[j] = total
+    stream = streams(out)
     for c in prange(n_chunks):
         for i in range(c * n // n_chunks, (c + 1) * n // n_chunks):
-            write_row_per_column(y[i], v[i], out[i], s, mode)
+            write_row_per_column_to(y[i], v[i], out[i], s, mode, stream)
+        stream_fence()
 
 
 @driver(allocates=True)
@@ -169,6 +223,8 @@ def jvp_rows_split(y, v, out, mode, chunk):
         for c in range(n_chunks):
             s += parts[r, c]
         sums[r] = s
+    stream = streams(out)
     for t in prange(n_rows * n_chunks):
         r, lo, hi = chunk_of(t, n_chunks, chunk, n_cols)
-        write_row(y[r, lo:hi], v[r, lo:hi], out[r, lo:hi], sums[r], mode)
+        write_row_to(y[r, lo:hi], v[r, lo:hi], out[r, lo:hi], sums[r], mode, stream)
+        stream_fence()

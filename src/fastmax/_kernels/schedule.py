@@ -168,8 +168,13 @@ def column_block_rows(n_cols: int, itemsize: int) -> int:
 
 @njit(**JIT)
 def streams(out) -> bool:
-    """Whether a kernel writes ``out`` by streaming stores."""
-    return STREAMING and out.size * out.itemsize >= STREAM_MIN_BYTES
+    """Whether a kernel writes ``out`` (whose rows it streams whole: their
+    elements must be adjacent) by streaming stores."""
+    return (
+        STREAMING
+        and out.size * out.itemsize >= STREAM_MIN_BYTES
+        and out.strides[-1] == out.itemsize
+    )
 
 
 def cached_rows(n_cols: int, itemsize: int) -> bool:

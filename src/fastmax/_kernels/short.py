@@ -49,12 +49,14 @@ from ._math import (
     segment_rows,
     segment_spread,
     stack_array,
+    stream_copy,
+    stream_fence,
 )
 from .hardmax import row_argmax, write_one_hot
 from .jacobian import LOG_JVP, SOFTMAX, row_sum, write_row_per_column
 from .jacobian import write_row as jvp_write_row
 from .reduce import NEAR_ZERO, logsumexp_of_row, row_max_sumexp
-from .schedule import block_bounds, driver
+from .schedule import block_bounds, driver, streams
 from .softmax import (
     exp_bounded_worst,
     is_within_bound,
@@ -317,12 +319,14 @@ def softmax_short_rows(x, out, scale, log, n_tasks):
     n_rows, n_cols = x.shape
     rows_per_block, n_blocks = geometry(n_rows, n_cols)
     in_place = same_buffer(x, out)
+    stream = streams(out) and not in_place
     xf = x.reshape(-1)
     of = out.reshape(-1)
     for task in prange(n_tasks):
         m = stack_array(BLOCK_ELEMENTS, x[0, 0])
         e = stack_array(BLOCK_ELEMENTS, x[0, 0])
         u = stack_array(BLOCK_ELEMENTS, x[0, 0])
+        sb = stack_array(BLOCK_ELEMENTS, x[0, 0])
         rows = stack_array(MAX_BLOCK_ROWS, x[0, 0])[:rows_per_block]
         lows = stack_array(MAX_BLOCK_ROWS, x[0, 0])[:rows_per_block]
         b0, b1 = block_bounds(task, n_blocks, n_tasks)
@@ -330,15 +334,22 @@ def softmax_short_rows(x, out, scale, log, n_tasks):
             k0 = b * BLOCK_ELEMENTS
             ob = of[k0 : k0 + BLOCK_ELEMENTS]
             ahead = block_ahead(xf, b, b1, BLOCK_ELEMENTS)
-            ahead_out = out_block_ahead(of, b, b1, in_place)
+            # Streamed blocks go through ``sb``: their output lines are not read.
+            ahead_out = of[:0] if stream else out_block_ahead(of, b, b1, in_place)
             if in_place:  # one array for both: equal pointers would not vectorize
                 ok = _softmax_block(ob, ob, scale, log, m, e, u, rows, lows, ahead, ahead_out)
+            elif stream:
+                xb = xf[k0 : k0 + BLOCK_ELEMENTS]
+                ok = _softmax_block(xb, sb, scale, log, m, e, u, rows, lows, ahead, ahead_out)
+                if ok:
+                    stream_copy(sb, ob)
             else:
                 xb = xf[k0 : k0 + BLOCK_ELEMENTS]
                 ok = _softmax_block(xb, ob, scale, log, m, e, u, rows, lows, ahead, ahead_out)
             if not ok:
                 r0 = b * rows_per_block
                 softmax_rows_cached_block(x, out, scale, log, r0, r0 + rows_per_block)
+        stream_fence()
     if n_blocks * rows_per_block < n_rows:
         softmax_rows_cached_block(x, out, scale, log, n_blocks * rows_per_block, n_rows)
 
