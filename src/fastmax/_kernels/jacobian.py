@@ -165,12 +165,15 @@ def write_row_per_column_to(y, v, out, s, mode, stream):
 
 @driver
 def jvp_rows(y, v, out, mode):
-    stream = streams(out)
-    for r in prange(out.shape[0]):
-        s = row_sum(y[r], v[r], mode)
-        write_row_to(y[r], v[r], out[r], like(s, out[r, 0]), mode, stream)
-        if stream:
+    if streams(out):
+        for r in prange(out.shape[0]):
+            s = row_sum(y[r], v[r], mode)
+            write_row_to(y[r], v[r], out[r], like(s, out[r, 0]), mode, True)
             stream_fence()
+        return
+    for r in prange(out.shape[0]):  # write_row inlined: small rows pay no call
+        s = row_sum(y[r], v[r], mode)
+        write_row(y[r], v[r], out[r], like(s, out[r, 0]), mode)
 
 
 @driver
