@@ -124,8 +124,8 @@ def prefetch_line_for_write(typingctx, arr, i):
 #: Bytes of a cache line (64 on every x86-64 and most ARM64 CPUs).
 CACHE_LINE = 64
 
-#: Whether :func:`stream_copy` uses streaming stores (x86-64: ``movntps``/``movntpd``
-#: and ``sfence``); elsewhere it is a plain copy.
+#: Whether :func:`stream_copy` uses streaming stores (x86-64: ``movnt*`` and
+#: ``sfence``); elsewhere it is a plain copy.
 STREAMING = platform.machine().lower() in ("x86_64", "amd64")
 
 
