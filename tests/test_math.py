@@ -556,7 +556,7 @@ def test_stream_copy_writes_exactly_its_destination(dtype):
     itemsize = np.dtype(dtype).itemsize
     lanes = 64 // itemsize
     backing = np.full(8 * lanes + 64, -7.0, dtype)
-    start = (-(data_address_of(backing) % 64) % 64) // itemsize  # a line boundary
+    start = (-(backing.ctypes.data % 64) % 64) // itemsize  # a line boundary
     for offset in range(lanes + 1):
         for n in (0, 1, lanes - 1, lanes, lanes + 1, 3 * lanes + 5, 5 * lanes):
             backing[:] = -7.0
@@ -569,7 +569,3 @@ def test_stream_copy_writes_exactly_its_destination(dtype):
     if platform.machine() in ("x86_64", "AMD64"):
         assert re.search(r"\tvmovnt(p[sd]|dq)\s", asm), "no streaming store"
         assert re.search(r"	sfence", asm), "no fence"
-
-
-def data_address_of(arr: np.ndarray) -> int:
-    return arr.__array_interface__["data"][0]

@@ -384,8 +384,9 @@ def softmax_rows_cached_block(x, out, scale, log, r0, r1, stream=False):
                 stream,
             )
         shift, lsum = finish(m, total, True)
+        # Streamed, this last row's write ends with the fence that also
+        # orders the streaming stores of the rows before it.
         write_row_to(x[r1 - 1], out[r1 - 1], scale, shift, lsum, True, stream)
-        stream_fence()
         return
     for r in range(r0, r1):
         nxt = x[min(r + 1, r1 - 1)]
@@ -603,12 +604,11 @@ def softmax_row_long(x, out, scale, log):
 @driver
 def softmax_rows(x, out, scale, log, cached, n_blocks):
     n_rows = x.shape[0]
+    stream = streams(out)
     if not cached:
-        stream = streams(out)
         for r in prange(n_rows):
             _softmax_row_long(x[r], out[r], scale, log, stream)
         return
-    stream = streams(out)
     for b in prange(n_blocks):
         softmax_rows_cached_block(
             x, out, scale, log, b * n_rows // n_blocks, (b + 1) * n_rows // n_blocks, stream
@@ -788,10 +788,10 @@ def column_stats(x, scale, i_lo, i_hi, block_rows, m, total, shift, block_max, p
 def column_stats_next_max(x, scale, i_lo, i_hi, block_rows, m, total, shift, block_max, part):
     """:func:`column_stats` with each block's max taken in the exponentials'
     loop of the block before (row ``i`` of a block beside row ``i`` of the
-    next), as the row kernels take the next row's.  Along axis 0 of
-    32768 x 1000 float64, the statistics pass took 2.05-2.08 -> 1.88-1.89
-    read floors (two processes each; blocks of half the rows: the full
-    :func:`column_stats` block measured slower, 2.34-2.39, in a prototype
+    next), as the row kernels take the next row's, in blocks of half
+    ``block_rows``.  Along axis 0 of 32768 x 1000 float64, the statistics
+    pass took 2.05-2.08 -> 1.88-1.89 read floors (two processes each; whole
+    :func:`column_stats` blocks measured slower, 2.34-2.39, in a prototype
     where the half took 1.74-1.90).  In float32 the prototype measured
     1.88-1.98 -> 2.33-2.59: float32 keeps :func:`column_stats`.  ``part``
     holds twice a row's length (the sums, then the next block's max)."""
@@ -802,7 +802,7 @@ def column_stats_next_max(x, scale, i_lo, i_hi, block_rows, m, total, shift, blo
     for j in range(n_cols):
         m[j] = neg_inf
         total[j] = 0.0
-    block_rows = min(block_rows, COLUMN_TERMS)
+    block_rows = min(max(1, block_rows // 2), COLUMN_TERMS)
     _column_block_max(x, i_lo, min(i_lo + block_rows, i_hi), block_max)
     for i0 in range(i_lo, i_hi, block_rows):
         i1 = min(i0 + block_rows, i_hi)
@@ -847,9 +847,8 @@ def column_stats_chunked(x, scale, n_chunks, block_rows):
             )
         else:
             column_stats_next_max(
-                x, scale, i_lo, i_hi, max(1, block_rows // 2), m_parts[c], total_parts[c],
-                shift, block_max, part,
-            )  # fmt: skip
+                x, scale, i_lo, i_hi, block_rows, m_parts[c], total_parts[c], shift, block_max, part
+            )
     m = np.empty(n_cols, x.dtype)
     total = np.empty(n_cols, np.float64)
     _merge_column_stats(m_parts, total_parts, m, total)
