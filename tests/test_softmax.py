@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import fastmax
-from fastmax._kernels import schedule, short
+from fastmax._kernels import reduce, schedule, short
 from fastmax._kernels import softmax as K
 
 from . import reference as ref
@@ -277,6 +277,38 @@ def test_big_outputs_written_by_streaming_stores(dtype, rng):
         fn(x, out=wide[:, ::2])
         ref.assert_matches(wide[:, ::2], ref.softmax(x, log=log), dtype, scale=50)
         assert (wide[:, 1::2] == 0.0).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_big_reads_prefetch_far_ahead_in_parts(dtype, rng):
+    """logsumexp and the cross-entropy forward of arrays over
+    ``PREFETCH_MIN_BYTES`` with rows over ``FAR_PART_BYTES`` read each row
+    while prefetching the row two after the next; rows longer than three
+    blocks, the block two ahead.  Right values on every row (the last rows
+    of each task, whose far row is their own last), with non-finite rows
+    and ignored targets."""
+    itemsize = np.dtype(dtype).itemsize
+    n_cols = 1000
+    n_rows = -(-reduce.PREFETCH_MIN_BYTES // (n_cols * itemsize)) + 3
+    x = (rng.standard_normal((n_rows, n_cols)) * 10).astype(dtype)
+    assert reduce.far_rows(x) and not reduce.far_rows(x[:, :400])
+    x[5, 3] = np.nan
+    x[-2] = -np.inf
+    target = rng.integers(0, n_cols, n_rows)
+    target[::7] = -100
+    ref.assert_matches(
+        fastmax.softmax_cross_entropy(x, target, reduction="none"),
+        ref.cross_entropy(x, target, reduction="none"),
+        dtype,
+        scale=50,
+    )
+    x[-1, 0] = np.inf
+    ref.assert_matches(fastmax.logsumexp(x, axis=-1), ref.logsumexp(x, axis=-1), dtype, scale=50)
+    long = (rng.standard_normal((3, 7 * reduce.BLOCK + 5)) * 10).astype(dtype)
+    long[1, -3] = np.nan
+    ref.assert_matches(
+        fastmax.logsumexp(long, axis=-1), ref.logsumexp(long, axis=-1), dtype, scale=50
+    )
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -47,6 +47,7 @@ from .reduce import (
     ACC_RUN,
     BLOCK,
     NEAR_ZERO,
+    far_rows,
     logsumexp_of_row,
     lse_of_stats,
     merge_max_sumexp,
@@ -54,6 +55,7 @@ from .reduce import (
     row_max,
     row_max_sumexp,
     sumexp_next_max,
+    sumexp_next_max_far,
 )
 from .schedule import SMALL_ROWS, block_bounds, chunk_of, driver, streams
 
@@ -625,11 +627,16 @@ def logsumexp_rows_block(x, scale, res, r0, r1):
     either in the loop's function its exponentials ran slower (32768 x
     1000 float64, same-process pairs in three processes, with float64 terms
     by Horner: 1.75 -> 1.37-1.55 read floors)."""
+    far = far_rows(x)
     m_next = row_max(x[r0])
     for r in range(r0, r1):
         m = m_next * scale
-        prefetch_row_ahead(x, r, r1)
-        total, m_next = sumexp_next_max(x[r], x[min(r + 1, r1 - 1)], scale, m)
+        if far:  # the row two after the next, or the last row
+            nxt, far_row = x[min(r + 1, r1 - 1)], x[min(r + 3, r1 - 1)]
+            total, m_next = sumexp_next_max_far(x[r], nxt, far_row, scale, m)
+        else:
+            prefetch_row_ahead(x, r, r1)
+            total, m_next = sumexp_next_max(x[r], x[min(r + 1, r1 - 1)], scale, m)
         res[r] = lse_of_stats(m, total)
     for r in range(r0, r1):
         if abs(res[r]) < NEAR_ZERO:
