@@ -38,6 +38,7 @@ from ._math import (
     ordered_sum,
     prefetch,
     prefetch_for_write,
+    prefetch_to_l2,
     shifted_row,
     stack_array,
     stream_copy,
@@ -46,6 +47,7 @@ from ._math import (
 from .reduce import (
     ACC_RUN,
     BLOCK,
+    FAR_PART_BYTES,
     NEAR_ZERO,
     far_rows,
     logsumexp_of_row,
@@ -766,10 +768,14 @@ def column_stats(x, scale, i_lo, i_hi, block_rows, m, total, shift, block_max, p
     """Online ``(m, total)`` per column of ``x[i_lo:i_hi]``, reduced along axis 0
     in blocks of rows (kept in cache); SIMD runs across columns.  While a
     block's exponentials are computed, the next block is prefetched row by
-    row (its memory reads overlap the arithmetic; its max is then taken from
-    cache).  A block's sums run in the data's type, per column in row order
-    (no reduction across lanes: deterministic), at most :data:`COLUMN_TERMS` terms;
-    blocks add up in float64.  ``shift``, ``block_max`` and ``part`` are
+    row into L2, in parts of :data:`FAR_PART_BYTES`, one before each part of
+    the row's loop (its memory reads overlap the arithmetic; its max is then
+    taken from cache).  Along axis 0 of 32768 x 1000 float32 (same-process
+    runs), logsumexp took 2.24 -> 1.87 read floors and softmax 1.62 -> 1.56
+    copy floors against whole rows prefetched into L1 at once.  A block's
+    sums run in the data's type, per column in row order (no reduction
+    across lanes: deterministic), at most :data:`COLUMN_TERMS` terms; blocks
+    add up in float64.  ``shift``, ``block_max`` and ``part`` are
     scratch of a row's length."""
     n_cols = x.shape[1]
     neg_inf = like(-np.inf, scale)
@@ -782,11 +788,14 @@ def column_stats(x, scale, i_lo, i_hi, block_rows, m, total, shift, block_max, p
         _column_block_max(x, i0, i1, block_max)
         _start_column_block(m, total, shift, part, block_max, scale)
         n1 = min(i1 + block_rows, i_hi)  # the next block
+        step = FAR_PART_BYTES // x.itemsize
         for i in range(i0, i1):
             k = i1 + (i - i0)
-            if k < n1:
-                prefetch(x[k])
-            _column_sumexp_row(x[i], scale, shift, part)
+            nxt = x[k] if k < n1 else x[i, :0]
+            for j0 in range(0, n_cols, step):
+                j1 = min(j0 + step, n_cols)
+                prefetch_to_l2(nxt[j0:j1])
+                _column_sumexp_row(x[i, j0:j1], scale, shift[j0:j1], part[j0:j1])
         for j in range(n_cols):
             total[j] += np.float64(part[j])
 
