@@ -57,8 +57,10 @@ NEAR_ZERO = 1e-2
 
 #: Rows of at most this many bytes, of arrays of at least
 #: :data:`PREFETCH_MIN_BYTES`, are prefetched :data:`PREFETCH_AHEAD_BYTES`
-#: ahead by the read-only pipelined row passes: such a row is at most a
-#: page, and the hardware prefetchers stop at page boundaries.  Measured
+#: ahead by the read-only pipelined row passes (those of logsumexp and the
+#: cross-entropy forward prefetch rows of more than :data:`FAR_PART_BYTES`
+#: in parts instead: see :func:`far_rows`): such a row is at most a page,
+#: and the hardware prefetchers stop at page boundaries.  Measured
 #: (same-process pairs, 2 threads): logsumexp and cross-entropy forward of
 #: 32768 x 1000 float32 26-29% faster; 1024 x 1000 float32 (in cache) 7%
 #: slower, hence the size floor; rows of 8000 bytes 10% slower, and no gain
@@ -110,10 +112,17 @@ def row_max(x):
 
 
 @njit(fastmath=FASTMATH, inline="always", **JIT)
-def _sumexp_run(x, nxt, scale, shift, m_next, buf):
+def _sumexp_part(x, nxt, scale, shift, m_next, buf):
+    """``buf = exp(x * scale - shift)``; returns the max of ``m_next`` and ``nxt``."""
     for i in range(x.size):
         buf[i] = exp_term(x[i] * scale - shift)
         m_next = fmaximum(m_next, nxt[i])
+    return m_next
+
+
+@njit(fastmath=FASTMATH, inline="always", **JIT)
+def _sumexp_run(x, nxt, scale, shift, m_next, buf):
+    m_next = _sumexp_part(x, nxt, scale, shift, m_next, buf)
     return ordered_sum(buf[: x.size]), m_next
 
 
@@ -141,14 +150,6 @@ def sumexp_next_max(x, nxt, scale, shift):
     return total, m_next
 
 
-@njit(fastmath=FASTMATH, inline="always", **JIT)
-def _sumexp_part(x, nxt, scale, shift, m_next, buf):
-    for i in range(x.size):
-        buf[i] = exp_term(x[i] * scale - shift)
-        m_next = fmaximum(m_next, nxt[i])
-    return m_next
-
-
 @njit(fastmath=FASTMATH, **JIT)
 def sumexp_next_max_far(x, nxt, far, scale, shift):
     """:func:`sumexp_next_max` of at most :data:`ACC_RUN` elements (the same
@@ -164,6 +165,20 @@ def sumexp_next_max_far(x, nxt, far, scale, shift):
         prefetch_to_l2(far[k0:k1])
         m_next = _sumexp_part(x[k0:k1], nxt[k0:k1], scale, shift, m_next, buf[k0:k1])
     return ordered_sum(buf[:n]), m_next
+
+
+@njit(fastmath=FASTMATH, inline="always", **JIT)
+def row_sumexp_next_max(x, r, r1, scale, shift, far):
+    """``sum(exp(x[r] * scale - shift))`` and the max of the next row (the
+    last of rows before ``r1`` passes itself), for the pipelined read-only
+    passes over the rows of ``x`` (2-D): with ``far`` (:func:`far_rows`) by
+    :func:`sumexp_next_max_far` prefetching the row two after the next (or
+    the last), else by :func:`sumexp_next_max` after :func:`prefetch_row_ahead`."""
+    nxt = x[min(r + 1, r1 - 1)]
+    if far:
+        return sumexp_next_max_far(x[r], nxt, x[min(r + 3, r1 - 1)], scale, shift)
+    prefetch_row_ahead(x, r, r1)
+    return sumexp_next_max(x[r], nxt, scale, shift)
 
 
 @njit(fastmath=FASTMATH, **JIT)

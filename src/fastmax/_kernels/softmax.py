@@ -53,11 +53,10 @@ from .reduce import (
     logsumexp_of_row,
     lse_of_stats,
     merge_max_sumexp,
-    prefetch_row_ahead,
     row_max,
     row_max_sumexp,
+    row_sumexp_next_max,
     sumexp_next_max,
-    sumexp_next_max_far,
 )
 from .schedule import SMALL_ROWS, block_bounds, chunk_of, driver, streams
 
@@ -633,12 +632,7 @@ def logsumexp_rows_block(x, scale, res, r0, r1):
     m_next = row_max(x[r0])
     for r in range(r0, r1):
         m = m_next * scale
-        if far:  # the row two after the next, or the last row
-            nxt, far_row = x[min(r + 1, r1 - 1)], x[min(r + 3, r1 - 1)]
-            total, m_next = sumexp_next_max_far(x[r], nxt, far_row, scale, m)
-        else:
-            prefetch_row_ahead(x, r, r1)
-            total, m_next = sumexp_next_max(x[r], x[min(r + 1, r1 - 1)], scale, m)
+        total, m_next = row_sumexp_next_max(x, r, r1, scale, m, far)
         res[r] = lse_of_stats(m, total)
     for r in range(r0, r1):
         if abs(res[r]) < NEAR_ZERO:
@@ -783,12 +777,12 @@ def column_stats(x, scale, i_lo, i_hi, block_rows, m, total, shift, block_max, p
         m[j] = neg_inf
         total[j] = 0.0
     block_rows = min(block_rows, COLUMN_TERMS)
+    step = FAR_PART_BYTES // x.itemsize
     for i0 in range(i_lo, i_hi, block_rows):
         i1 = min(i0 + block_rows, i_hi)
         _column_block_max(x, i0, i1, block_max)
         _start_column_block(m, total, shift, part, block_max, scale)
         n1 = min(i1 + block_rows, i_hi)  # the next block
-        step = FAR_PART_BYTES // x.itemsize
         for i in range(i0, i1):
             k = i1 + (i - i0)
             nxt = x[k] if k < n1 else x[i, :0]

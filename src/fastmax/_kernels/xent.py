@@ -44,8 +44,8 @@ from .reduce import (
     prefetch_row_ahead,
     row_max,
     row_max_sumexp,
+    row_sumexp_next_max,
     sumexp_next_max,
-    sumexp_next_max_far,
 )
 from .schedule import SMALL_ROWS, block_bounds, chunk_of, driver
 from .softmax import (
@@ -295,12 +295,7 @@ def index_forward_block(x, target, w, ignore_index, part_a, part_z, r0, r1):
     m_next = row_max(x[r0])
     for r in range(r0, r1):
         m = m_next
-        if far:  # the row two after the next, or the last row
-            nxt, far_row = x[min(r + 1, r1 - 1)], x[min(r + 3, r1 - 1)]
-            total, m_next = sumexp_next_max_far(x[r], nxt, far_row, one, m)
-        else:
-            prefetch_row_ahead(x, r, r1)
-            total, m_next = sumexp_next_max(x[r], x[min(r + 1, r1 - 1)], one, m)
+        total, m_next = row_sumexp_next_max(x, r, r1, one, m, far)
         set_index_part(x, target, w, ignore_index, r, lse_of_stats(m, total), part_a, part_z, r)
 
 
