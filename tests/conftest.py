@@ -23,6 +23,15 @@ def pytest_addoption(parser):
     )
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config):
+    """The suite runs on pytest-xdist's workers (``-n auto`` in pyproject.toml:
+    most of a cold run is compiling, one core per worker); benchmarks
+    (``--run-bench``) run in one process, as pytest-benchmark requires."""
+    if config.getoption("--run-bench") and getattr(config.option, "numprocesses", None):
+        config.option.numprocesses = 0
+
+
 def pytest_collection_modifyitems(config, items):
     skips = {
         "slow": (config.getoption("--runslow"), "slow: use --runslow"),

@@ -64,40 +64,67 @@ def test_masked_inputs_benchmark_runs(suite):
         assert bench.track_masked_over_plain(*combo) > 0
 
 
-def test_paired_time_takes_the_median_of_per_round_ratios():
+class FakeClock:
+    """A stand-in for the ``time`` module in ``fastmax._bench``: calls made
+    through :meth:`taking` advance it by the given durations, so the timing
+    logic is tested without real sleeps (which overshoot on a loaded machine)."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self):
+        return self.now
+
+    def taking(self, durations):
+        def call():
+            self.now += next(durations)
+
+        return call
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    from fastmax import _bench
+
+    fake = FakeClock()
+    monkeypatch.setattr(_bench, "time", fake)
+    return fake
+
+
+def test_paired_time_takes_the_median_of_per_round_ratios(clock):
     """The CLI's floor ratio: each round times the op and then the floor; the
     ratio is the median of the rounds' ratios, not a ratio of medians."""
-    import time
-
     from fastmax import _bench
 
-    # A warm-up call of each, then rounds (op, floor) with ratios 12, 1 and 1.
-    durations = iter([0.002, 0.002, 0.012, 0.001, 0.002, 0.002, 0.004, 0.004])
-
-    def slept():
-        time.sleep(next(durations))
-
-    paired = _bench.paired_time(slept, [slept], repeat=3, min_sample=0.0)
-    assert 0.8 <= paired.ratio <= 1.3  # the ratio of the medians would be 2
-    assert 0.0038 <= paired.time <= 0.0055
-    assert 0.0019 <= paired.floor <= 0.0035
+    # A warm-up call of each, then rounds (op, floor) with ratios 6, 1 and 1.
+    call = clock.taking(iter([0.002, 0.002, 0.012, 0.002, 0.002, 0.002, 0.004, 0.004]))
+    paired = _bench.paired_time(call, [call], repeat=3, min_sample=0.0)
+    assert paired.ratio == pytest.approx(1.0)  # the ratio of the medians would be 2
+    assert paired.time == pytest.approx(0.004)
+    assert paired.floor == pytest.approx(0.002)
 
 
-def test_warm_up_calls_until_the_time_stops_falling():
-    import time
-
+def test_warm_up_calls_until_the_time_stops_falling(clock):
     from fastmax import _bench
 
-    durations = [0.012, 0.008, 0.003, 0.003, 0.001, 0.001]
     calls = []
+    durations = iter([0.012, 0.008, 0.003, 0.003, 0.001, 0.001])
 
-    def slept():
+    def call():
         calls.append(1)
-        time.sleep(durations[len(calls) - 1])
+        clock.taking(durations)()
 
-    _bench.warm_up(slept)
+    _bench.warm_up(call)
     assert len(calls) == 4  # 12, 8, 3 ms fall; the 4th (3 ms) does not
     calls.clear()
-    durations[:] = [0.001] * 10
-    _bench.warm_up(slept, max_calls=3)
+    durations = iter([0.001] * 10)
+    _bench.warm_up(call, max_calls=3)
     assert len(calls) == 2
+    calls.clear()
+    durations = iter([0.064, 0.032, 0.016, 0.008, 0.004, 0.002, 0.001])
+    _bench.warm_up(call)
+    assert len(calls) == 6  # each half the one before: stops at max_calls
+    calls.clear()
+    durations = iter([0.010, 0.009, 0.001, 0.001])
+    _bench.warm_up(call)
+    assert len(calls) == 2  # 9 ms is within 0.8 of 10 ms: settled
