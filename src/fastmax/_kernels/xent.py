@@ -354,7 +354,12 @@ def grad_factor(keep, xt, wt, shift, total, s, s_z, z_loss):
     a_nll, factor)`` with ``a_nll = w[t] s`` taken off at the target and
     ``factor = (a_nll + 2 z lse s_z) / sum`` multiplying ``exp(x - shift)``;
     all 0 for an ignored row (``keep`` False), without branches."""
-    lse = np.float64(shift) + log_pos(total)
+    return lse_grad_factor(keep, xt, wt, np.float64(shift) + log_pos(total), total, s, s_z, z_loss)
+
+
+@njit(fastmath=FASTMATH, inline="always", **JIT)
+def lse_grad_factor(keep, xt, wt, lse, total, s, s_z, z_loss):
+    """:func:`grad_factor` from the row's logsumexp ``lse``."""
     a = wt * s
     z_term = 2.0 * z_loss * lse * s_z
     return (
