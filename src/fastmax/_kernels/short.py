@@ -51,7 +51,7 @@ from ._math import (
     stream_copy,
     stream_fence,
 )
-from .hardmax import row_argmax, write_one_hot
+from .hardmax import hardmax_rows
 from .jacobian import LOG_JVP, SOFTMAX, row_sum, write_row_per_column
 from .jacobian import write_row as jvp_write_row
 from .reduce import NEAR_ZERO, logsumexp_of_row, row_max_sumexp
@@ -66,6 +66,7 @@ from .softmax import write_row_per_column as softmax_write_per_column
 from .xent import lse_grad_factor, xent_index_rows
 
 _xent_rows_serial = xent_index_rows.serial
+_hardmax_rows_serial = hardmax_rows.serial
 
 #: Elements per block (a multiple of every vector's lane count): with its
 #: scratch rows of the same size it stays in L1.
@@ -438,6 +439,23 @@ def _store_parts(pa, pz, part_a, part_z, b, r0, sums):
             part_z[r0 + i] = pz[i]
 
 
+@njit(fastmath=FASTMATH, inline="always", **JIT)
+def _target_column(t, n_cols):
+    """Target ``t``'s column, unsigned (no wraparound code at the loads): ``t``
+    itself in ``[0, C)``, some column for any other ``t`` (``C`` is a power of
+    two), so a load there is in bounds whatever the target."""
+    return np.uint64(t) & np.uint64(n_cols - 1)
+
+
+@njit(fastmath=FASTMATH, **JIT)
+def _target_logits(xb, tb, dst):
+    """``dst[i]`` = row ``i``'s logit at :func:`_target_column` of ``tb[i]``,
+    for a block ``xb`` of rows (flat), in a loop of its own."""
+    n_cols = xb.size // tb.size
+    for i in range(tb.size):
+        dst[i] = np.float64(xb[np.uint64(i * n_cols) + _target_column(tb[i], n_cols)])
+
+
 @njit(fastmath=FASTMATH, **JIT)
 def _block_index_parts(xb, target, w, ignore_index, lse, r0, pa, pz):
     """:func:`xent.index_parts` of a block ``xb`` of rows (flat, from row
@@ -445,23 +463,25 @@ def _block_index_parts(xb, target, w, ignore_index, lse, r0, pa, pz):
     are kept and how many of those have a target outside ``[0, C)`` (their
     parts are then not defined: the caller raises).
 
-    The loads of the targets' logits (at column ``t & (C - 1)``, a column
-    for every ``t`` as ``C`` is a power of two) take a loop of their own,
-    the checks and the parts others.  Indices are unsigned and the targets a
-    slice: a signed index such as ``target[r0 + i]`` takes Numba's
-    wraparound code (a shift and a mask) at every load.  No weight is read
-    when there is one for every class.  Same-process
-    pairs against that version: 16K x 8 in cache, one thread, 0.87 (float32)
-    and 0.91 (float64) of its time; 4M x 8, two threads, 6.56 -> 5.83
-    (float32) and 6.53 -> 5.22 (float64) read floors (medians of 7 rounds
-    while the machine ran slow: the table's run had 4.2 and 5.5)."""
+    The loads of the targets' logits (:func:`_target_logits`) take a loop
+    of their own, the checks and the parts another.  Indices are unsigned
+    and the targets a slice: a signed index such as ``target[r0 + i]`` takes
+    Numba's wraparound code (a shift and a mask) at every load.  No weight
+    is read when there is one for every class.  Same-process pairs against
+    one loop with signed indices: 16K x 8 in cache, one thread, 0.87
+    (float32) and 0.91 (float64) of its time; 4M x 8, two threads, 6.56 ->
+    5.83 (float32) and 6.53 -> 5.22 (float64) read floors (medians of 7
+    rounds while the machine ran slow: the table's run had 4.2 and 5.5).
+    Those figures are of a version with the checks, the unit-weight parts
+    and the per-class-weight parts in loops of their own; this one loop took
+    0.98-1.00 of its time (16K x 8 in cache)."""
     rows = lse.size
     n_cols = xb.size // rows
     tb = target[r0 : r0 + rows]
-    column = np.uint64(n_cols - 1)
     picked = stack_array(MAX_BLOCK_ROWS, 0.0)[:rows]
-    for i in range(rows):
-        picked[i] = np.float64(xb[np.uint64(i * n_cols) + (np.uint64(tb[i]) & column)])
+    _target_logits(xb, tb, picked)
+    unit = w.strides[0] == 0  # one weight for every class (a broadcast view)
+    w0 = np.float64(w[0])
     kept = 0
     bad = 0
     for i in range(rows):
@@ -469,18 +489,9 @@ def _block_index_parts(xb, target, w, ignore_index, lse, r0, pa, pz):
         keep = t != ignore_index
         kept += keep
         bad += keep & ((t < 0) | (t >= n_cols))
-    if w.strides[0] == 0:  # one weight for every class (a broadcast view)
-        w0 = np.float64(w[0])
-        for i in range(rows):
-            keep = tb[i] != ignore_index
-            pa[i] = w0 * (lse[i] - picked[i]) if keep else 0.0
-            pz[i] = lse[i] * lse[i] if keep else 0.0
-    else:
-        for i in range(rows):
-            t = tb[i]
-            wt = np.float64(w[np.uint64(t) & column])
-            pa[i] = wt * (lse[i] - picked[i]) if t != ignore_index else 0.0
-            pz[i] = lse[i] * lse[i] if t != ignore_index else 0.0
+        wt = w0 if unit else np.float64(w[_target_column(t, n_cols)])
+        pa[i] = wt * (lse[i] - picked[i]) if keep else 0.0
+        pz[i] = lse[i] * lse[i] if keep else 0.0
     return kept, bad
 
 
@@ -557,10 +568,9 @@ def _one_hot_block(xb, ob, m, c, rows, pattern):
         return False
     segment_rows(c, rows, n_cols, SEGMENT_FAST_MAX)
     segment_spread(rows, m, n_cols)
-    one = like(1.0, ob[0])
-    out_zero = like(0.0, ob[0])
+    one = like(1.0, zero)  # ob has the type of xb (and c)
     for k in range(xb.size):
-        ob[k] = one if c[k] == m[k] else out_zero
+        ob[k] = one if c[k] == m[k] else zero
     return True
 
 
@@ -587,10 +597,12 @@ def hardmax_short_rows(x, out, n_tasks):
             prefetch_block(xf, b, b1, BLOCK_ELEMENTS)
             prefetch_out_block(of, b, b1, in_place)
             if not _one_hot_block(xf[k0 : k0 + BLOCK_ELEMENTS], ob, m, c, rows, pattern):
-                for r in range(b * rows_per_block, (b + 1) * rows_per_block):
-                    write_one_hot(out[r], row_argmax(x[r]))
-    for r in range(n_blocks * rows_per_block, n_rows):
-        write_one_hot(out[r], row_argmax(x[r]))
+                r0 = b * rows_per_block
+                _hardmax_rows_serial(
+                    x[r0 : r0 + rows_per_block], out[r0 : r0 + rows_per_block], 1, False
+                )
+    r0 = n_blocks * rows_per_block
+    _hardmax_rows_serial(x[r0:], out[r0:], 1, False)
 
 
 @njit(fastmath=FASTMATH, **JIT)
@@ -626,27 +638,24 @@ def _xent_grad_factors(
     the factor ``(a_nll + 2 z lse s_z) / sum`` of ``exp(x - shift)`` in the
     gradient; all 0 for ignored rows, without branches (as
     ``xent.index_parts``; the flat index and the weight as in
-    :func:`_block_index_parts`: the targets' logits loaded in a loop of
-    their own, unsigned indices, slices).  The rows' logsumexps also take a
-    loop of their own: with them, the loop of the factors stayed scalar (two
-    float64 divisions a row).  Against one loop with signed indices,
-    same-process pairs, 16K x 8 in cache, one thread: 0.62 (float32) and
-    0.73 (float64) of its time."""
+    :func:`_block_index_parts`: :func:`_target_logits`, unsigned indices,
+    slices).  The rows' logsumexps also take a loop of their own: with them,
+    the loop of the factors stayed scalar (two float64 divisions a row).
+    Against one loop with signed indices, same-process pairs, 16K x 8 in
+    cache, one thread: 0.62 (float32) and 0.73 (float64) of its time."""
     rows = pa.size
     n_cols = xb.size // rows
     tb = target[r0 : r0 + rows]
     sb = scale[r0 : r0 + rows]
     szb = scale_z[r0 : r0 + rows]
-    column = np.uint64(n_cols - 1)
-    for i in range(rows):  # the targets' logits, in a_nll until it is set
-        a_nll[i] = np.float64(xb[np.uint64(i * n_cols) + (np.uint64(tb[i]) & column)])
+    _target_logits(xb, tb, a_nll)  # in a_nll until it is set
     unit = w.strides[0] == 0  # one weight for every class (a broadcast view)
     w0 = np.float64(w[0])
     for i in range(rows):  # the rows' logsumexps, in pz until it is set
         pz[i] = np.float64(shift[i]) + log_pos(np.float64(sums[i]))
     for i in range(rows):
         t = tb[i]
-        wt = w0 if unit else np.float64(w[np.uint64(t) & column])
+        wt = w0 if unit else np.float64(w[_target_column(t, n_cols)])
         pa[i], pz[i], a_nll[i], f = lse_grad_factor(
             t != ignore_index, a_nll[i], wt, pz[i], np.float64(sums[i]), sb[i], szb[i], z_loss
         )
@@ -725,9 +734,8 @@ def xent_index_grad_short_rows(
             for k in range(BLOCK_ELEMENTS):
                 ob[k] = e[k] * u[k]
             tb = target[r0 : r0 + rows_per_block]
-            column = np.uint64(n_cols - 1)
             for i in range(rows_per_block):  # ignored rows take off 0
-                ob[np.uint64(i * n_cols) + (np.uint64(tb[i]) & column)] -= like(a_nll[i], one)
+                ob[np.uint64(i * n_cols) + _target_column(tb[i], n_cols)] -= like(a_nll[i], one)
     r0 = n_blocks * rows_per_block
     tail = n_rows - r0
     pa = stack_array(MAX_BLOCK_ROWS, 0.0)[:tail]
