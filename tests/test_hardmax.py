@@ -129,12 +129,14 @@ def test_many_short_rows(dtype, n_cols, rng):
     """Rows reduced inside vectors: ties, NaN, ±inf, all -inf, the rows after
     the last block, and in place.  The first block has NaN (the row rule
     takes it over), the second none (±inf, all -inf and signed zeros go
-    through the vector path)."""
+    through the vector path), the third one NaN in its middle (after
+    vectors of the block were written)."""
     n_rows = 3 * short.BLOCK_ELEMENTS // n_cols + 7
     x = rng.integers(-3, 3, (n_rows, n_cols)).astype(dtype)  # many ties
     x[1, -1] = np.nan
     x[2, :] = np.nan
     x[-1, -1] = np.nan
+    x[5 * short.BLOCK_ELEMENTS // n_cols // 2, -1] = np.nan
     for r in (3, short.BLOCK_ELEMENTS // n_cols + 3):
         x[r, 0] = np.inf
         x[r + 1, :] = -np.inf

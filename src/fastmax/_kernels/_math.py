@@ -871,6 +871,46 @@ def _segment_loops(context, builder, seg_v, chunks, width, body):
         s *= 2
 
 
+def _fast_max(builder, a, b):
+    """The machine's max of two vectors (``a > b ? a : b``: may drop a NaN)."""
+    return builder.select(builder.fcmp_ordered(">", a, b), a, b)
+
+
+def _tree(builder, vecs, width, combine):
+    """The tree of :func:`segment_rows` over ``s = len(vecs)`` vectors whose
+    rows are segments of ``s`` lanes: one vector, lane ``i`` the reduction
+    (``combine`` of two vectors) of row ``i``."""
+    idx_t = ir.VectorType(ir.IntType(32), width)
+    for first, second in _tree_masks(width, len(vecs)):
+        vecs = [
+            combine(
+                builder.shuffle_vector(vecs[i], vecs[i + 1], ir.Constant(idx_t, first)),
+                builder.shuffle_vector(vecs[i], vecs[i + 1], ir.Constant(idx_t, second)),
+            )
+            for i in range(0, len(vecs), 2)
+        ]
+    return vecs[0]
+
+
+def _spread(builder, vals, width, s):
+    """The layout of :func:`segment_spread` for one vector: ``s`` vectors,
+    lane ``i`` of ``vals`` in all ``s`` lanes of row ``i``."""
+    idx_t = ir.VectorType(ir.IntType(32), width)
+    return [
+        builder.shuffle_vector(
+            vals, vals, ir.Constant(idx_t, [(i * width + j) // s for j in range(width)])
+        )
+        for i in range(s)
+    ]
+
+
+def _vector_index(builder, chunk, stride, width):
+    """A function from ``i`` to the element index of vector ``i`` of chunk
+    ``chunk`` (chunks of ``stride`` elements, vectors of ``width``)."""
+    first = builder.mul(chunk, chunk.type(stride))
+    return lambda i: builder.add(first, chunk.type(i * width))
+
+
 @intrinsic
 def segment_rows(typingctx, src, dst, seg, op):
     """Row reductions of a block of rows of ``seg`` elements (a power of two,
@@ -895,29 +935,17 @@ def segment_rows(typingctx, src, dst, seg, op):
         src_v, dst_v, seg_v, _ = args
         load_at, src_ary = _vector_access(context, builder, signature.args[0], src_v, width)
         store_at, _ = _vector_access(context, builder, signature.args[1], dst_v, width)
-        idx_t = ir.VectorType(ir.IntType(32), width)
         size = builder.extract_value(src_ary.shape, 0)
-
-        def combine(a, b):
-            if operation == SEGMENT_SUM:
-                return builder.fadd(a, b)
-            return builder.select(builder.fcmp_ordered(">", a, b), a, b)
+        if operation == SEGMENT_SUM:
+            combine = builder.fadd
+        else:
+            combine = lambda a, b: _fast_max(builder, a, b)  # noqa: E731
 
         def body(s, chunk):
-            first_index = builder.mul(chunk, chunk.type(s * width))
-            vecs = [
-                builder.load(load_at(builder.add(first_index, chunk.type(i * width))), align=1)
-                for i in range(s)
-            ]
-            for first, second in _tree_masks(width, s):
-                vecs = [
-                    combine(
-                        builder.shuffle_vector(vecs[i], vecs[i + 1], ir.Constant(idx_t, first)),
-                        builder.shuffle_vector(vecs[i], vecs[i + 1], ir.Constant(idx_t, second)),
-                    )
-                    for i in range(0, len(vecs), 2)
-                ]
-            builder.store(vecs[0], store_at(builder.mul(chunk, chunk.type(width))), align=1)
+            at = _vector_index(builder, chunk, s * width, width)
+            vecs = [builder.load(load_at(at(i)), align=1) for i in range(s)]
+            result = _tree(builder, vecs, width, combine)
+            builder.store(result, store_at(builder.mul(chunk, chunk.type(width))), align=1)
 
         def chunks(s):
             return builder.sdiv(size, size.type(s * width))
@@ -942,18 +970,13 @@ def segment_spread(typingctx, src, dst, seg):
         src_v, dst_v, seg_v = args
         load_at, _ = _vector_access(context, builder, signature.args[0], src_v, width)
         store_at, dst_ary = _vector_access(context, builder, signature.args[1], dst_v, width)
-        idx_t = ir.VectorType(ir.IntType(32), width)
         size = builder.extract_value(dst_ary.shape, 0)
 
         def body(s, chunk):
             vals = builder.load(load_at(builder.mul(chunk, chunk.type(width))), align=1)
-            first_index = builder.mul(chunk, chunk.type(s * width))
-            for i in range(s):
-                lanes = [(i * width + j) // s for j in range(width)]
-                vec = builder.shuffle_vector(vals, vals, ir.Constant(idx_t, lanes))
-                builder.store(
-                    vec, store_at(builder.add(first_index, chunk.type(i * width))), align=1
-                )
+            at = _vector_index(builder, chunk, s * width, width)
+            for i, vec in enumerate(_spread(builder, vals, width, s)):
+                builder.store(vec, store_at(at(i)), align=1)
 
         def chunks(s):
             return builder.sdiv(size, size.type(s * width))
@@ -962,6 +985,71 @@ def segment_spread(typingctx, src, dst, seg):
         return context.get_dummy_value()
 
     return types.none(src, dst, seg), codegen
+
+
+@intrinsic
+def segment_one_hot(typingctx, src, dst, seg):
+    """``dst`` = the one-hot of each row's first maximum (``np.argmax``) of a
+    block of rows of ``seg`` elements (a power of two, 2 up to the lane
+    count), all in registers, ``seg`` vectors (``lanes`` rows) at a time.
+    ``src`` and ``dst`` (1-D, C-contiguous, the same size: a whole number
+    of ``seg`` vectors) may be the same array.  Returns False if a row has
+    a NaN: the ``seg`` vectors holding it are then not written.
+
+    Per chunk: the rows' maxima by :func:`segment_rows`' tree and back to
+    the rows' lanes as :func:`segment_spread` does; each entry equal to its
+    row's max takes ``seg`` minus its position in the row (the first
+    position the largest), the others 0; a second tree and spread of these
+    give each row's first maximum."""
+    if not _segment_types(src, dst, seg):
+        return None
+    width = VECTOR_BYTES // src.dtype.bitwidth * 8
+
+    def codegen(context, builder, signature, args):
+        src_v, dst_v, seg_v = args
+        load_at, src_ary = _vector_access(context, builder, signature.args[0], src_v, width)
+        store_at, _ = _vector_access(context, builder, signature.args[1], dst_v, width)
+        size = builder.extract_value(src_ary.shape, 0)
+        elt = context.get_data_type(signature.args[0].dtype)
+        vty = ir.VectorType(elt, width)
+        zero = ir.Constant(vty, [elt(0.0)] * width)
+        one = ir.Constant(vty, [elt(1.0)] * width)
+        finite = cgutils.alloca_once_value(builder, ir.IntType(1)(1))
+
+        def fast_max(a, b):
+            return _fast_max(builder, a, b)
+
+        def body(s, chunk):
+            at = _vector_index(builder, chunk, s * width, width)
+            vecs = [builder.load(load_at(at(i)), align=1) for i in range(s)]
+            maxima = _spread(builder, _tree(builder, vecs, width, fast_max), width, s)
+            position = ir.Constant(vty, [elt(float(s - j % s)) for j in range(width)])
+            firsts = [
+                builder.select(builder.fcmp_ordered("==", v, m), position, zero)
+                for v, m in zip(vecs, maxima, strict=True)
+            ]
+            chosen = _spread(builder, _tree(builder, firsts, width, fast_max), width, s)
+            unordered = [builder.fcmp_unordered("uno", v, v) for v in vecs]
+            any_nan = unordered[0]
+            for u in unordered[1:]:
+                any_nan = builder.or_(any_nan, u)
+            bits = builder.bitcast(any_nan, ir.IntType(width))
+            has_nan = builder.icmp_unsigned("!=", bits, bits.type(0))
+            with builder.if_else(has_nan) as (then, otherwise):
+                with then:
+                    builder.store(ir.IntType(1)(0), finite)
+                with otherwise:
+                    for i, (f, c) in enumerate(zip(firsts, chosen, strict=True)):
+                        hot = builder.select(builder.fcmp_ordered("==", f, c), one, zero)
+                        builder.store(hot, store_at(at(i)), align=1)
+
+        def chunks(s):
+            return builder.sdiv(size, size.type(s * width))
+
+        _segment_loops(context, builder, seg_v, chunks, width, body)
+        return builder.load(finite)
+
+    return types.boolean(src, dst, seg), codegen
 
 
 @intrinsic

@@ -45,6 +45,7 @@ from ._math import (
     prefetch_for_write,
     prefetch_to_l2,
     segment_allreduce,
+    segment_one_hot,
     segment_rows,
     segment_spread,
     stack_array,
@@ -537,66 +538,32 @@ def xent_index_short_rows(x, target, w, ignore_index, part_a, part_z, sums, coun
     _store_parts(pa, pz, part_a, part_z, n_blocks, r0, sums)
 
 
-@njit(fastmath=FASTMATH, **JIT)
-def _one_hot_block(xb, ob, m, c, rows, pattern):
-    """``ob`` = the one-hot of each row's first maximum (``np.argmax``), for a
-    block of rows of ``xb.size // rows.size`` elements with no NaN; False
-    (nothing written) if the block has one.  ``ob`` may be ``xb``: all of
-    ``xb`` is read before the first write.
-
-    Each row's max comes from :func:`segment_rows` and goes back to its
-    lanes by :func:`segment_spread`; each entry equal to it takes its
-    ``pattern`` value (``n_cols`` minus its position in the row, so the
-    first position has the largest), the others 0; a second max tree then
-    picks each row's first.  The lanes' positions come from ``pattern``, not
-    from the loop index: AVX2 has no vector int64-to-float conversion.  The
-    earlier version (two :func:`segment_allreduce` butterflies per vector,
-    positions converted from the index) against this, same-process pairs:
-    16K x 8 in cache, one thread, float32 2.27 -> 0.85 and float64 2.82 ->
-    1.33 ns per element; 4M x 8 in place, two threads, float32 2.44 -> 1.20
-    and float64 2.62 -> 1.23 copy floors."""
-    n_cols = xb.size // rows.size
-    zero = like(0.0, c[0])
-    segment_rows(xb, rows, n_cols, SEGMENT_FAST_MAX)
-    segment_spread(rows, m, n_cols)
-    nans = 0
-    for k in range(xb.size):
-        v = xb[k]
-        nans |= v != v
-        c[k] = pattern[k] if v == m[k] else zero
-    if nans:
-        return False
-    segment_rows(c, rows, n_cols, SEGMENT_FAST_MAX)
-    segment_spread(rows, m, n_cols)
-    one = like(1.0, zero)  # ob has the type of xb (and c)
-    for k in range(xb.size):
-        ob[k] = one if c[k] == m[k] else zero
-    return True
-
-
 @driver
 def hardmax_short_rows(x, out, n_tasks):
-    """One-hot of ``np.argmax`` of each row, for rows that ``fits``; blocks
-    with a NaN take the row kernel's rule row by row."""
+    """One-hot of ``np.argmax`` of each row, for rows that ``fits``: each
+    block by :func:`segment_one_hot`, in registers; a block with a NaN is
+    then done again by the row kernel, whose rule it needs (the block's
+    vectors without NaN may already hold their one-hots: a one-hot's argmax
+    is itself, so in place that is the same answer).
+
+    The earlier version took the same steps through scratch arrays (two
+    trees, two spreads and two passes over the block in memory).  Against
+    it, same-process pairs, in place, two threads, copy floors: 4M x 8
+    float32 1.03 -> 0.61 and float64 1.46 -> 0.86; 16M x 2 float32 0.98 ->
+    0.51; 2M x 16 float32 0.84 -> 0.51; 8M x 4 float64 1.54 -> 0.93."""
     n_rows, n_cols = x.shape
     rows_per_block, n_blocks = geometry(n_rows, n_cols)
     in_place = same_buffer(x, out)
     xf = x.reshape(-1)
     of = out.reshape(-1)
     for task in prange(n_tasks):
-        m = stack_array(BLOCK_ELEMENTS, x[0, 0])
-        c = stack_array(BLOCK_ELEMENTS, x[0, 0])
-        pattern = stack_array(BLOCK_ELEMENTS, x[0, 0])
-        rows = stack_array(MAX_BLOCK_ROWS, x[0, 0])[:rows_per_block]
-        for k in range(BLOCK_ELEMENTS):
-            pattern[k] = like(n_cols - (k & (n_cols - 1)), pattern[0])
         b0, b1 = block_bounds(task, n_blocks, n_tasks)
         for b in range(b0, b1):
             k0 = b * BLOCK_ELEMENTS
-            ob = of[k0 : k0 + BLOCK_ELEMENTS]
             prefetch_block(xf, b, b1, BLOCK_ELEMENTS)
             prefetch_out_block(of, b, b1, in_place)
-            if not _one_hot_block(xf[k0 : k0 + BLOCK_ELEMENTS], ob, m, c, rows, pattern):
+            ob = of[k0 : k0 + BLOCK_ELEMENTS]
+            if not segment_one_hot(xf[k0 : k0 + BLOCK_ELEMENTS], ob, n_cols):
                 r0 = b * rows_per_block
                 _hardmax_rows_serial(
                     x[r0 : r0 + rows_per_block], out[r0 : r0 + rows_per_block], 1, False
