@@ -155,8 +155,8 @@ def test_long_rows_split_across_threads(kind, rng):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_big_outputs_written_by_streaming_stores(kind, dtype, rng):
     """Outputs over ``STREAM_MIN_BYTES`` into a third array are streamed from a
-    stack buffer: right values on the row, split-row and column paths, into
-    an ``out`` off a cache line, and nothing written around it."""
+    stack buffer: right values on the row, split-row, short-row and column
+    paths, into an ``out`` off a cache line, and nothing written around it."""
     from fastmax._kernels import schedule
 
     n = -(-schedule.STREAM_MIN_BYTES // np.dtype(dtype).itemsize)
@@ -164,6 +164,7 @@ def test_big_outputs_written_by_streaming_stores(kind, dtype, rng):
     for shape, axis in [
         ((n // 1000 + 1, 1000), -1),
         ((2, n // 2 + 5), -1),
+        ((n // 8 + 3, 8), -1),
         ((n // 1000 + 1, 1000), 0),
     ]:
         p = _primal(kind, rng.standard_normal(shape), axis).astype(dtype)

@@ -1052,6 +1052,57 @@ def segment_one_hot(typingctx, src, dst, seg):
     return types.boolean(src, dst, seg), codegen
 
 
+def _butterfly(builder, vec, width, s, combine):
+    """:func:`segment_allreduce` of one vector for a segment length ``s``
+    known at compile time: every lane holds its segment's reduction."""
+    idx_t = ir.VectorType(ir.IntType(32), width)
+    step = 1
+    while step < s:
+        partner = builder.shuffle_vector(
+            vec, vec, ir.Constant(idx_t, [i ^ step for i in range(width)])
+        )
+        vec = combine(vec, partner)
+        step *= 2
+    return vec
+
+
+@intrinsic
+def segment_softmax_jvp(typingctx, y, v, out, seg):
+    """``out = y * (v - s)``, ``s`` the sum of ``y * v`` over each row of
+    ``seg`` elements (a power of two, 2 up to the lane count), one vector at
+    a time in registers: the product of ``jacobian``'s softmax mode for a
+    block of short rows.  ``y``, ``v`` and ``out`` are 1-D, C-contiguous,
+    of one size (a whole number of vectors); ``out`` may be ``y`` or ``v``.
+    The rows' sums are in the data's type, added as :func:`segment_allreduce`
+    adds them."""
+    if not _segment_types(y, v, seg) or not _segment_types(y, out, seg):
+        return None
+    width = VECTOR_BYTES // y.dtype.bitwidth * 8
+
+    def codegen(context, builder, signature, args):
+        y_v, v_v, out_v, seg_v = args
+        load_y, y_ary = _vector_access(context, builder, signature.args[0], y_v, width)
+        load_v, _ = _vector_access(context, builder, signature.args[1], v_v, width)
+        store_at, _ = _vector_access(context, builder, signature.args[2], out_v, width)
+        size = builder.extract_value(y_ary.shape, 0)
+
+        def body(s, chunk):
+            at = builder.mul(chunk, chunk.type(width))
+            yv = builder.load(load_y(at), align=1)
+            vv = builder.load(load_v(at), align=1)
+            total = _butterfly(builder, builder.fmul(yv, vv), width, s, builder.fadd)
+            result = builder.fmul(yv, builder.fsub(vv, total))
+            builder.store(result, store_at(at), align=1)
+
+        def chunks(s):
+            return builder.sdiv(size, size.type(width))
+
+        _segment_loops(context, builder, seg_v, chunks, width, body)
+        return context.get_dummy_value()
+
+    return types.none(y, v, out, seg), codegen
+
+
 @intrinsic
 def stack_array(typingctx, size, like_value):
     """A 1-D array of ``size`` (a literal int) elements of ``like_value``'s
