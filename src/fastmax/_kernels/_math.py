@@ -797,6 +797,31 @@ def _segment_types(src, dst, seg):
     return isinstance(seg, types.Integer)
 
 
+def _fast_max(builder, a, b):
+    """The machine's max of two vectors (``a > b ? a : b``: may drop a NaN)."""
+    return builder.select(builder.fcmp_ordered(">", a, b), a, b)
+
+
+def _butterfly(builder, vec, width, s, combine, seg_v=None):
+    """Every lane of ``vec`` replaced by the reduction (``combine`` of two
+    vectors) over its aligned segment of ``s`` lanes (``s`` known at compile
+    time), or of ``seg_v`` lanes (a run-time power of two up to ``s``)."""
+    idx_t = ir.VectorType(ir.IntType(32), width)
+    step = 1
+    while step < s:
+        partner = builder.shuffle_vector(
+            vec, vec, ir.Constant(idx_t, [i ^ step for i in range(width)])
+        )
+        both = combine(vec, partner)
+        if seg_v is None:
+            vec = both
+        else:
+            inside = builder.icmp_signed("<", ir.Constant(seg_v.type, step), seg_v)
+            vec = builder.select(inside, both, vec)
+        step *= 2
+    return vec
+
+
 @intrinsic
 def segment_allreduce(typingctx, src, dst, start, seg, op):
     """``dst[start : start + VECTOR_BYTES // itemsize]`` = the lanes of
@@ -821,21 +846,13 @@ def segment_allreduce(typingctx, src, dst, start, seg, op):
         maximum = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(vty, [vty, vty]), "llvm.maximum." + suffix
         )
-        lane_t = ir.VectorType(ir.IntType(32), width)
-        step = 1
-        while step < width:
-            partner = builder.shuffle_vector(
-                vec, vec, ir.Constant(lane_t, [i ^ step for i in range(width)])
-            )
-            if operation == SEGMENT_SUM:
-                both = builder.fadd(vec, partner)
-            elif operation == SEGMENT_MAX:
-                both = builder.call(maximum, [vec, partner])
-            else:
-                both = builder.select(builder.fcmp_ordered(">", vec, partner), vec, partner)
-            inside = builder.icmp_signed("<", ir.Constant(seg_v.type, step), seg_v)
-            vec = builder.select(inside, both, vec)
-            step *= 2
+        if operation == SEGMENT_SUM:
+            combine = builder.fadd
+        elif operation == SEGMENT_MAX:
+            combine = lambda a, b: builder.call(maximum, [a, b])  # noqa: E731
+        else:
+            combine = lambda a, b: _fast_max(builder, a, b)  # noqa: E731
+        vec = _butterfly(builder, vec, width, width, combine, seg_v)
         builder.store(vec, store_at(start_v), align=1)
         return context.get_dummy_value()
 
@@ -869,11 +886,6 @@ def _segment_loops(context, builder, seg_v, chunks, width, body):
             with cgutils.for_range(builder, count) as loop:
                 body(s, loop.index)
         s *= 2
-
-
-def _fast_max(builder, a, b):
-    """The machine's max of two vectors (``a > b ? a : b``: may drop a NaN)."""
-    return builder.select(builder.fcmp_ordered(">", a, b), a, b)
 
 
 def _tree(builder, vecs, width, combine):
@@ -1050,20 +1062,6 @@ def segment_one_hot(typingctx, src, dst, seg):
         return builder.load(finite)
 
     return types.boolean(src, dst, seg), codegen
-
-
-def _butterfly(builder, vec, width, s, combine):
-    """:func:`segment_allreduce` of one vector for a segment length ``s``
-    known at compile time: every lane holds its segment's reduction."""
-    idx_t = ir.VectorType(ir.IntType(32), width)
-    step = 1
-    while step < s:
-        partner = builder.shuffle_vector(
-            vec, vec, ir.Constant(idx_t, [i ^ step for i in range(width)])
-        )
-        vec = combine(vec, partner)
-        step *= 2
-    return vec
 
 
 @intrinsic
