@@ -360,8 +360,9 @@ def _shifted_row(x, out, scale, hi, lo):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_row_writes_write_each_element_and_no_other(dtype):
-    """The vector-step row writes with a masked tail, against NumPy in the
-    same type (the same roundings), out of place and in place."""
+    """The vector-step row writes, against NumPy in the same type (the same
+    roundings): out of place (the last elements by a whole vector over some
+    already written) and in place (by a masked tail)."""
     rng = np.random.default_rng(5)
     for n in [*range(40), 100, 1001]:
         y, v = (rng.standard_normal(n).astype(dtype) for _ in range(2))
