@@ -1101,6 +1101,63 @@ def segment_softmax_jvp(typingctx, y, v, out, seg):
     return types.none(y, v, out, seg), codegen
 
 
+#: Operations of :func:`segment_spread_write`: ``dst = src * spread(hi)``.
+SPREAD_SCALE = 0
+#: ``dst = (src * scale - spread(hi)) - spread(lo)``, in this order.
+SPREAD_SHIFT = 1
+
+
+@intrinsic
+def segment_spread_write(typingctx, src, hi, lo, dst, scale, seg, op):
+    """The write pass of a block of rows of ``seg`` elements (a power of two,
+    2 up to the lane count) with per-row values ``hi`` and ``lo`` (one per
+    row, laid out as :func:`segment_rows` leaves them), ``op`` a literal
+    ``SPREAD_*``: each row's values go to its lanes as :func:`segment_spread`
+    puts them, in registers, one vector of them per ``seg`` vectors of
+    ``src``.  ``src`` and ``dst`` (1-D, C-contiguous, of one size: a whole
+    number of ``seg`` vectors) may be one array; ``lo`` is read only by
+    ``SPREAD_SHIFT``; ``scale`` has the data's type."""
+    if not (_segment_types(src, dst, seg) and _segment_types(src, hi, seg)):
+        return None
+    if not _segment_types(src, lo, seg) or scale != src.dtype:
+        return None
+    if not isinstance(op, types.IntegerLiteral):
+        return None
+    operation = op.literal_value
+    width = VECTOR_BYTES // src.dtype.bitwidth * 8
+
+    def codegen(context, builder, signature, args):
+        src_v, hi_v, lo_v, dst_v, scale_v, seg_v, _ = args
+        load_at, src_ary = _vector_access(context, builder, signature.args[0], src_v, width)
+        load_hi, _ = _vector_access(context, builder, signature.args[1], hi_v, width)
+        load_lo, _ = _vector_access(context, builder, signature.args[2], lo_v, width)
+        store_at, _ = _vector_access(context, builder, signature.args[3], dst_v, width)
+        size = builder.extract_value(src_ary.shape, 0)
+        factor = _splat(builder, scale_v, width)
+
+        def body(s, chunk):
+            row_at = builder.mul(chunk, chunk.type(width))
+            at = _vector_index(builder, chunk, s * width, width)
+            highs = _spread(builder, builder.load(load_hi(row_at), align=1), width, s)
+            if operation == SPREAD_SHIFT:
+                lows = _spread(builder, builder.load(load_lo(row_at), align=1), width, s)
+            for i in range(s):
+                vec = builder.load(load_at(at(i)), align=1)
+                if operation == SPREAD_SHIFT:
+                    vec = builder.fsub(builder.fsub(builder.fmul(vec, factor), highs[i]), lows[i])
+                else:
+                    vec = builder.fmul(vec, highs[i])
+                builder.store(vec, store_at(at(i)), align=1)
+
+        def chunks(s):
+            return builder.sdiv(size, size.type(s * width))
+
+        _segment_loops(context, builder, seg_v, chunks, width, body)
+        return context.get_dummy_value()
+
+    return types.none(src, hi, lo, dst, scale, seg, op), codegen
+
+
 @intrinsic
 def stack_array(typingctx, size, like_value):
     """A 1-D array of ``size`` (a literal int) elements of ``like_value``'s

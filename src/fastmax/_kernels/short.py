@@ -31,6 +31,8 @@ from .._config import FASTMATH, JIT
 from ._math import (
     SEGMENT_FAST_MAX,
     SEGMENT_SUM,
+    SPREAD_SCALE,
+    SPREAD_SHIFT,
     VECTOR_BYTES,
     exp,
     exp_nonpos,
@@ -49,6 +51,7 @@ from ._math import (
     segment_rows,
     segment_softmax_jvp,
     segment_spread,
+    segment_spread_write,
     stack_array,
     stream_copy,
     stream_fence,
@@ -64,7 +67,6 @@ from .softmax import (
     same_buffer,
     softmax_rows_cached_block,
 )
-from .softmax import write_row_per_column as softmax_write_per_column
 from .xent import lse_grad_factor, xent_index_rows
 
 _xent_rows_serial = xent_index_rows.serial
@@ -238,12 +240,16 @@ def _softmax_write(xb, ob, scale, m, e, u, rows, log):
 
 
 @njit(fastmath=FASTMATH, **JIT)
-def _softmax_direct(xb, ob, scale, log, e, u, w, rows, lows):
+def _softmax_direct(xb, ob, scale, log, e, rows, lows):
     """softmax / log_softmax of a block from :func:`_block_exp`'s ``e``: the
     rows' sums (:func:`segment_rows`), per row the reciprocal or the log,
-    spread back to the row's lanes (:func:`segment_spread`), then one vector
-    pass.  The float64 log takes the shifted path (its ``v - log(sum)``
-    would lose the low bits of ``log(sum)`` where ``v - max`` loses none)."""
+    then one vector pass that spreads them back to the rows' lanes in
+    registers (:func:`segment_spread_write`).  The float64 log takes the
+    shifted path (its ``v - log(sum)`` would lose the low bits of
+    ``log(sum)`` where ``v - max`` loses none).  Against spreads to scratch
+    and a loop over it, same-process pairs, 4M x 8, two threads, copy
+    floors: softmax float32 1.11 -> 1.04 and float64 2.24 -> 1.85,
+    log_softmax float32 1.67 -> 1.47."""
     n_cols = xb.size // rows.size
     segment_rows(e, rows, n_cols, SEGMENT_SUM)
     if log:
@@ -252,25 +258,23 @@ def _softmax_direct(xb, ob, scale, log, e, u, w, rows, lows):
             hi = like(lg, rows[0])
             rows[i] = hi
             lows[i] = like(lg - np.float64(hi), rows[0])
-        segment_spread(rows, u, n_cols)
-        segment_spread(lows, w, n_cols)
         # (v - hi) - lo in this order: hi + lo is the row's log(sum(exp(v)))
         # in float64 split into two floats (v - hi is nearly exact, as v - max is)
-        softmax_write_per_column(xb, ob, scale, u, w, True)
+        segment_spread_write(xb, rows, lows, ob, scale, n_cols, SPREAD_SHIFT)
     else:
         for i in range(rows.size):
             rows[i] = like(1.0, rows[0]) / rows[i]
-        segment_spread(rows, u, n_cols)
-        for k in range(xb.size):
-            ob[k] = e[k] * u[k]
+        segment_spread_write(e, rows, rows, ob, scale, n_cols, SPREAD_SCALE)
 
 
 @njit(fastmath=FASTMATH, **JIT)
-def _log_softmax_shifted(xb, ob, scale, m, e, u, rows):
+def _log_softmax_shifted(xb, ob, scale, m, e, u, rows, sums):
     """log_softmax of a block as ``(v - max) - log(sum(exp(v - max)))`` with
-    the rows' maxima and sums from :func:`segment_rows` and spread back by
-    :func:`segment_spread` (about half the work of :func:`_block_stats`'
-    reductions in every lane and :func:`_softmax_write`'s broadcast).
+    the rows' maxima and sums from :func:`segment_rows`, the maxima spread
+    back by :func:`segment_spread` for the exponentials, and both in the
+    write pass by :func:`segment_spread_write` (about half the work of
+    :func:`_block_stats`' reductions in every lane and
+    :func:`_softmax_write`'s broadcast).
     False (``ob`` unwritten) if some row is not all finite, by the rule of
     :func:`_block_stats`."""
     n_cols = xb.size // rows.size
@@ -285,11 +289,10 @@ def _log_softmax_shifted(xb, ob, scale, m, e, u, rows):
         e[k] = exp_term(d)
     if not (worst <= 0):
         return False
-    segment_rows(e, rows, n_cols, SEGMENT_SUM)
-    for i in range(rows.size):
-        rows[i] = like(log_pos(np.float64(rows[i])), rows[0])
-    segment_spread(rows, e, n_cols)
-    softmax_write_per_column(xb, ob, scale, u, e, True)  # (v - max) - log(sum)
+    segment_rows(e, sums, n_cols, SEGMENT_SUM)
+    for i in range(sums.size):
+        sums[i] = like(log_pos(np.float64(sums[i])), sums[0])
+    segment_spread_write(xb, rows, sums, ob, scale, n_cols, SPREAD_SHIFT)  # (v - max) - log
     return True
 
 
@@ -302,13 +305,13 @@ def _softmax_block(xb, ob, scale, log, m, e, u, rows, lows, ahead, ahead_out):
     prefetched (by :func:`_block_exp`, or at once)."""
     direct = is_single(xb) or not log
     if direct and _block_exp(xb, scale, e, ahead, ahead_out):
-        _softmax_direct(xb, ob, scale, log, e, u, m, rows, lows)
+        _softmax_direct(xb, ob, scale, log, e, rows, lows)
         return True
     if not direct:
         prefetch_to_l2(ahead)
         prefetch_for_write(ahead_out)
     if log:
-        return _log_softmax_shifted(xb, ob, scale, m, e, u, rows)
+        return _log_softmax_shifted(xb, ob, scale, m, e, u, rows, lows)
     if _block_stats(xb, scale, m, e, u, xb.size // rows.size):
         _softmax_write(xb, ob, scale, m, e, u, rows, log)
         return True
