@@ -644,9 +644,10 @@ def xent_index_grad_short_rows(
 
     Per block: ``exp(x)`` and the rows' sums on the direct path of
     :func:`_block_exp` (else ``exp(x - max)``, and the sums, in every lane);
-    per row the loss parts and the gradient's factor, spread to the row's
-    lanes; then one vector pass ``exp * factor`` and, per row, ``- w[t] * s``
-    at the target."""
+    per row the loss parts and the gradient's factor; then one vector pass
+    ``exp * factor``, the factors spread to the rows' lanes in registers
+    (:func:`segment_spread_write`), and, per row, ``- w[t] * s`` at the
+    target."""
     n_rows, n_cols = x.shape
     rows_per_block, n_blocks = geometry(n_rows, n_cols)
     xf = x.reshape(-1)
@@ -701,9 +702,7 @@ def xent_index_grad_short_rows(
                 scale_z,
             )
             _store_parts(pa, pz, part_a, part_z, b, r0, sums)
-            segment_spread(factor, u, n_cols)
-            for k in range(BLOCK_ELEMENTS):
-                ob[k] = e[k] * u[k]
+            segment_spread_write(e, factor, factor, ob, one, n_cols, SPREAD_SCALE)
             tb = target[r0 : r0 + rows_per_block]
             for i in range(rows_per_block):  # ignored rows take off 0
                 ob[np.uint64(i * n_cols) + _target_column(tb[i], n_cols)] -= like(a_nll[i], one)
