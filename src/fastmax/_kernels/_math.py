@@ -789,6 +789,16 @@ def _vector_access(context, builder, aryty, value, width):
     return pointer, ary
 
 
+def _block_access(context, builder, signature, args, width, sized=0):
+    """Vector access to the two arrays of a segment intrinsic's first two
+    arguments (:func:`_vector_access`: ``load_at`` for the first,
+    ``store_at`` for the second) and the size of the ``sized`` one."""
+    load_at, src_ary = _vector_access(context, builder, signature.args[0], args[0], width)
+    store_at, dst_ary = _vector_access(context, builder, signature.args[1], args[1], width)
+    size = builder.extract_value((src_ary, dst_ary)[sized].shape, 0)
+    return load_at, store_at, size
+
+
 def _segment_types(src, dst, seg):
     if not isinstance(src, types.Array) or src.dtype not in (types.float32, types.float64):
         return False
@@ -875,14 +885,16 @@ def _tree_masks(width, seg):
     return levels
 
 
-def _segment_loops(context, builder, seg_v, chunks, width, body):
+def _segment_loops(builder, seg_v, size, width, body, vectors=None):
     """For each supported segment length ``s`` (powers of two from 2 to
-    ``width``): if ``seg_v == s``, ``body(s, chunk)`` for every chunk index
-    below ``chunks(s)``.  Other lengths do nothing."""
+    ``width``): if ``seg_v == s``, ``body(s, chunk)`` for every chunk of
+    ``vectors(s)`` vectors (by default ``s``) of ``width`` lanes in ``size``
+    elements.  Other lengths do nothing."""
     s = 2
     while s <= width:
         with builder.if_then(builder.icmp_signed("==", seg_v, seg_v.type(s))):
-            count = chunks(s)
+            per_chunk = (s if vectors is None else vectors(s)) * width
+            count = builder.sdiv(size, size.type(per_chunk))
             with cgutils.for_range(builder, count) as loop:
                 body(s, loop.index)
         s *= 2
@@ -944,10 +956,8 @@ def segment_rows(typingctx, src, dst, seg, op):
     operation = op.literal_value
 
     def codegen(context, builder, signature, args):
-        src_v, dst_v, seg_v, _ = args
-        load_at, src_ary = _vector_access(context, builder, signature.args[0], src_v, width)
-        store_at, _ = _vector_access(context, builder, signature.args[1], dst_v, width)
-        size = builder.extract_value(src_ary.shape, 0)
+        seg_v = args[2]
+        load_at, store_at, size = _block_access(context, builder, signature, args, width)
         if operation == SEGMENT_SUM:
             combine = builder.fadd
         else:
@@ -959,10 +969,7 @@ def segment_rows(typingctx, src, dst, seg, op):
             result = _tree(builder, vecs, width, combine)
             builder.store(result, store_at(builder.mul(chunk, chunk.type(width))), align=1)
 
-        def chunks(s):
-            return builder.sdiv(size, size.type(s * width))
-
-        _segment_loops(context, builder, seg_v, chunks, width, body)
+        _segment_loops(builder, seg_v, size, width, body)
         return context.get_dummy_value()
 
     return types.none(src, dst, seg, op), codegen
@@ -979,10 +986,8 @@ def segment_spread(typingctx, src, dst, seg):
     width = VECTOR_BYTES // src.dtype.bitwidth * 8
 
     def codegen(context, builder, signature, args):
-        src_v, dst_v, seg_v = args
-        load_at, _ = _vector_access(context, builder, signature.args[0], src_v, width)
-        store_at, dst_ary = _vector_access(context, builder, signature.args[1], dst_v, width)
-        size = builder.extract_value(dst_ary.shape, 0)
+        seg_v = args[2]
+        load_at, store_at, size = _block_access(context, builder, signature, args, width, 1)
 
         def body(s, chunk):
             vals = builder.load(load_at(builder.mul(chunk, chunk.type(width))), align=1)
@@ -990,10 +995,7 @@ def segment_spread(typingctx, src, dst, seg):
             for i, vec in enumerate(_spread(builder, vals, width, s)):
                 builder.store(vec, store_at(at(i)), align=1)
 
-        def chunks(s):
-            return builder.sdiv(size, size.type(s * width))
-
-        _segment_loops(context, builder, seg_v, chunks, width, body)
+        _segment_loops(builder, seg_v, size, width, body)
         return context.get_dummy_value()
 
     return types.none(src, dst, seg), codegen
@@ -1018,10 +1020,8 @@ def segment_one_hot(typingctx, src, dst, seg):
     width = VECTOR_BYTES // src.dtype.bitwidth * 8
 
     def codegen(context, builder, signature, args):
-        src_v, dst_v, seg_v = args
-        load_at, src_ary = _vector_access(context, builder, signature.args[0], src_v, width)
-        store_at, _ = _vector_access(context, builder, signature.args[1], dst_v, width)
-        size = builder.extract_value(src_ary.shape, 0)
+        seg_v = args[2]
+        load_at, store_at, size = _block_access(context, builder, signature, args, width)
         elt = context.get_data_type(signature.args[0].dtype)
         vty = ir.VectorType(elt, width)
         zero = ir.Constant(vty, [elt(0.0)] * width)
@@ -1055,10 +1055,7 @@ def segment_one_hot(typingctx, src, dst, seg):
                         hot = builder.select(builder.fcmp_ordered("==", f, c), one, zero)
                         builder.store(hot, store_at(at(i)), align=1)
 
-        def chunks(s):
-            return builder.sdiv(size, size.type(s * width))
-
-        _segment_loops(context, builder, seg_v, chunks, width, body)
+        _segment_loops(builder, seg_v, size, width, body)
         return builder.load(finite)
 
     return types.boolean(src, dst, seg), codegen
@@ -1092,10 +1089,7 @@ def segment_softmax_jvp(typingctx, y, v, out, seg):
             result = builder.fmul(yv, builder.fsub(vv, total))
             builder.store(result, store_at(at), align=1)
 
-        def chunks(s):
-            return builder.sdiv(size, size.type(width))
-
-        _segment_loops(context, builder, seg_v, chunks, width, body)
+        _segment_loops(builder, seg_v, size, width, body, lambda s: 1)
         return context.get_dummy_value()
 
     return types.none(y, v, out, seg), codegen
@@ -1117,14 +1111,12 @@ def segment_spread_write(typingctx, src, hi, lo, dst, scale, seg, op):
     ``src``.  ``src`` and ``dst`` (1-D, C-contiguous, of one size: a whole
     number of ``seg`` vectors) may be one array; ``lo`` is read only by
     ``SPREAD_SHIFT``; ``scale`` has the data's type."""
-    if not (_segment_types(src, dst, seg) and _segment_types(src, hi, seg)):
-        return None
-    if not _segment_types(src, lo, seg) or scale != src.dtype:
+    arrays = (dst, hi, lo)
+    if not all(_segment_types(src, a, seg) for a in arrays) or scale != src.dtype:
         return None
     if not isinstance(op, types.IntegerLiteral):
         return None
-    operation = op.literal_value
-    width = VECTOR_BYTES // src.dtype.bitwidth * 8
+    operation, width = op.literal_value, VECTOR_BYTES // src.dtype.bitwidth * 8
 
     def codegen(context, builder, signature, args):
         src_v, hi_v, lo_v, dst_v, scale_v, seg_v, _ = args
@@ -1149,10 +1141,7 @@ def segment_spread_write(typingctx, src, hi, lo, dst, scale, seg, op):
                     vec = builder.fmul(vec, highs[i])
                 builder.store(vec, store_at(at(i)), align=1)
 
-        def chunks(s):
-            return builder.sdiv(size, size.type(s * width))
-
-        _segment_loops(context, builder, seg_v, chunks, width, body)
+        _segment_loops(builder, seg_v, size, width, body)
         return context.get_dummy_value()
 
     return types.none(src, hi, lo, dst, scale, seg, op), codegen
