@@ -53,3 +53,19 @@ def axes(draw, ndim):
         return None
     picked = draw(st.lists(st.integers(0, ndim - 1), min_size=1, max_size=ndim, unique=True))
     return tuple(picked)
+
+
+def rows_past_the_exp_bound(dtype, rng, shape=(64, 3000)) -> np.ndarray:
+    """Logits of rows kept in cache (of more than one run of the kernels' sums)
+    where some rows spread past the clamp-free exponential's bound (80 for
+    float32, 700 for float64; see ``_math.exp_bounded``) among ordinary
+    rows: a masked entry, a -inf, a subnormal result in the second run of a
+    row, a whole row spread over twice the bound."""
+    bound = 80.0 if np.dtype(dtype) == np.float32 else 700.0
+    x = rng.standard_normal(shape) * 3
+    x[3, 10] = -1e4
+    x[4, -1] = -np.inf
+    x[5, shape[1] - 5] = x[5].max() - (bound + 25.0)
+    x[6] -= np.linspace(0.0, 2.0 * bound, shape[1])
+    x[7, 0] = x[7].max() + bound + 1.0
+    return x.astype(dtype)

@@ -13,7 +13,7 @@ from fastmax._kernels import reduce, schedule, short
 from fastmax._kernels import softmax as K
 
 from . import reference as ref
-from .strategies import FLOAT_DTYPES, arrays, axes
+from .strategies import FLOAT_DTYPES, arrays, axes, rows_past_the_exp_bound
 
 SOFTMAXES = [(fastmax.softmax, False), (fastmax.log_softmax, True)]
 
@@ -371,6 +371,21 @@ def test_long_log_softmax_rows_written_in_chunks(dtype, rng):
         y = src.copy()
         fastmax.log_softmax(y, out=y)
         ref.assert_matches(y, expected, dtype, scale=50)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(64, 3000), (16, 300)], ids=["cached rows", "small"])
+def test_exp_store_pass_past_the_bound(dtype, shape, rng):
+    """softmax's exp-store pass takes the clamp-free exponential on runs whose
+    arguments are within its bound and the exact one on runs that are not:
+    SciPy's answers on rows past the bound among ordinary ones, into another
+    array and in place, on the pipelined rows and on the small kernel."""
+    x = rows_past_the_exp_bound(dtype, rng, shape)
+    expected = ref.softmax(x)
+    ref.assert_matches(fastmax.softmax(x), expected, dtype)
+    y = x.copy()
+    fastmax.softmax(y, out=y)
+    ref.assert_matches(y, expected, dtype, context="in place")
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

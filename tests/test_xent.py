@@ -13,6 +13,7 @@ import fastmax
 from fastmax._kernels import schedule, short
 
 from . import reference as ref
+from .strategies import rows_past_the_exp_bound
 
 REDUCTIONS = ["mean", "sum", "none"]
 
@@ -185,6 +186,28 @@ def test_many_short_rows(dtype, n_cols, rng):
     loss_in_place, _ = fastmax.softmax_cross_entropy_with_grad(y, t, out=y, **kw)
     np.testing.assert_allclose(loss_in_place, loss, rtol=tol["rtol"], atol=tol["atol"])
     np.testing.assert_allclose(y, grad1, rtol=tol["rtol"], atol=tol["atol"])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(64, 3000), (16, 300)], ids=["cached rows", "small"])
+def test_fused_exp_store_pass_past_the_bound(dtype, shape, rng):
+    """The fused pass's exponentials, stored for the gradient, on rows past
+    the clamp-free exponential's bound among ordinary ones (see
+    ``test_softmax.test_exp_store_pass_past_the_bound``): into another array
+    and in place over the logits."""
+    x = rows_past_the_exp_bound(dtype, rng, shape)
+    t = rng.integers(0, shape[1], size=shape[0])
+    expected = ref.softmax(x)
+    expected[np.arange(shape[0]), t] -= 1.0
+    expected /= shape[0]
+    picked = x[np.arange(shape[0]), t].astype(np.float64)
+    loss = np.mean(ref.logsumexp(x.astype(np.float64)) - picked)
+    got_loss, grad = fastmax.softmax_cross_entropy_with_grad(x, t)
+    y = x.copy()
+    loss_in_place, _ = fastmax.softmax_cross_entropy_with_grad(y, t, out=y)
+    for g, lo, context in ((grad, got_loss, "into another array"), (y, loss_in_place, "in place")):
+        ref.assert_matches(g, expected, dtype, context=context)
+        ref.assert_matches(lo, loss, dtype, scale=10, context=context)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
