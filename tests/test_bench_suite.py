@@ -114,17 +114,37 @@ def test_warm_up_calls_until_the_time_stops_falling(clock):
         calls.append(1)
         clock.now += next(durations)
 
-    _bench.warm_up(call)
+    _bench.warm_up(call, min_seconds=0.0)
     assert len(calls) == 4  # 12, 8, 3 ms fall; the 4th (3 ms) does not
     calls.clear()
     durations = iter([0.001] * 10)
-    _bench.warm_up(call, max_calls=3)
+    _bench.warm_up(call, max_calls=3, min_seconds=0.0)
     assert len(calls) == 2
     calls.clear()
     durations = iter([0.064, 0.032, 0.016, 0.008, 0.004, 0.002, 0.001])
-    _bench.warm_up(call)
+    _bench.warm_up(call, min_seconds=0.0)
     assert len(calls) == 6  # each half the one before: stops at max_calls
     calls.clear()
     durations = iter([0.010, 0.009, 0.001, 0.001])
-    _bench.warm_up(call)
+    _bench.warm_up(call, min_seconds=0.0)
     assert len(calls) == 2  # 9 ms is within 0.8 of 10 ms: settled
+
+
+def test_warm_up_runs_short_calls_for_a_minimum_time(clock):
+    """Short calls go on for ``min_seconds`` even once settled (the library
+    timed before may still be spinning its threads), long ones stop as before."""
+    from fastmax import _bench
+
+    calls = []
+    durations = iter([0.001] * 100)
+
+    def call():
+        calls.append(1)
+        clock.now += next(durations)
+
+    _bench.warm_up(call, min_seconds=0.0305)
+    assert len(calls) == 31  # settled after 2 calls, then on until 31 ms
+    calls.clear()
+    durations = iter([0.040, 0.039, 0.001])
+    _bench.warm_up(call, min_seconds=0.03)
+    assert len(calls) == 2  # settled, and past the minimum time

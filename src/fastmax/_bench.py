@@ -60,21 +60,42 @@ def parallel_read(src):
     return partial.sum()
 
 
-def warm_up(fn: Callable[[], object], max_calls: int = 6, settled: float = 0.8) -> None:
+#: :func:`warm_up` calls a function for at least this long (s).
+WARM_UP_SECONDS = 0.03
+
+
+def warm_up(
+    fn: Callable[[], object],
+    max_calls: int = 6,
+    settled: float = 0.8,
+    min_seconds: float = WARM_UP_SECONDS,
+) -> None:
     """Call ``fn`` until its time stops falling (a call at least ``settled`` times
-    the one before), at most ``max_calls`` times.  A call that allocates a big
-    output page-faults fresh memory; on a virtual machine the first calls that
-    touch memory the process has not used yet were measured 5-10x slower
-    (210 ms instead of 26 for a 128 MiB output) than the same call a few calls
-    later, whichever library makes it."""
+    the one before), at most ``max_calls`` times, and for at least
+    ``min_seconds`` in all.
+
+    A call that allocates a big output page-faults fresh memory; on a
+    virtual machine the first calls that touch memory the process has not
+    used yet were measured 5-10x slower (210 ms instead of 26 for a 128 MiB
+    output) than the same call a few calls later, whichever library makes it.
+    Short calls run for ``min_seconds``: after a parallel call, the library
+    timed before (PyTorch's OpenMP workers) keeps its threads spinning on
+    the cores for several milliseconds, and a call made then shares them:
+    fastmax's softmax_vjp on 1024 x 1000 float32 (two threads) took 200-330
+    us a call for about 8 ms after 50 PyTorch calls, and 125-140 us before."""
     before = math.inf
-    for _ in range(max_calls):
+    start = time.perf_counter()
+    calls = 0
+    falling = True
+    while True:
         t0 = time.perf_counter()
         fn()
         took = time.perf_counter() - t0
-        if took >= settled * before:
-            return
+        calls += 1
+        falling = falling and calls < max_calls and took < settled * before
         before = took
+        if not falling and t0 + took - start >= min_seconds:
+            return
 
 
 def median_time(
