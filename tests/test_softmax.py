@@ -388,6 +388,37 @@ def test_exp_store_pass_past_the_bound(dtype, shape, rng):
     ref.assert_matches(y, expected, dtype, context="in place")
 
 
+#: Row lengths of :func:`test_write_pass_past_the_bound`: rows too long for
+#: cache; with 8 rows, outputs of more than 32 MiB (streaming stores).
+_LONG_ROW = 300_000
+_STREAMED_ROW = {np.float32: 1_100_000, np.float64: 600_000}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", ["long rows", "split rows", "streamed", "axis 0"])
+def test_write_pass_past_the_bound(dtype, case, rng):
+    """softmax's write pass takes the clamp-free exponential on parts whose
+    arguments are within its bound and the exact one on parts that are not:
+    SciPy's answers on rows (or columns) past the bound among ordinary ones,
+    into another array and in place, on rows too long for cache, rows split
+    across threads, outputs written by streaming stores, and along axis 0."""
+    axis = -1
+    if case == "axis 0":
+        x = np.ascontiguousarray(rows_past_the_exp_bound(dtype, rng, (64, 3000)).T)
+        axis = 0
+    elif case == "streamed":
+        x = rows_past_the_exp_bound(dtype, rng, (8, _STREAMED_ROW[dtype]))
+    else:
+        x = rows_past_the_exp_bound(dtype, rng, (8, _LONG_ROW))
+        if case == "split rows":
+            x = x[5:8]
+    expected = ref.softmax(x, axis=axis)
+    ref.assert_matches(fastmax.softmax(x, axis=axis), expected, dtype)
+    y = x.copy()
+    fastmax.softmax(y, axis=axis, out=y)
+    ref.assert_matches(y, expected, dtype, context="in place")
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_small_inputs_without_a_max_pass(dtype, rng):
     """Small C-contiguous inputs take the flat path without a max pass when

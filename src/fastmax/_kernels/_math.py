@@ -313,6 +313,21 @@ def _like_overload(value, other):
     return None
 
 
+def at(value, i):  # pragma: no cover - replaced by the overload in jitted code
+    return value[i] if isinstance(value, np.ndarray) else value
+
+
+@overload(at, inline="always")
+def _at_overload(value, i):
+    """``value[i]`` for an array, ``value`` itself for a scalar: one loop then
+    serves a per-row scalar and a per-column array (the column kernels)."""
+    if isinstance(value, types.Array):
+        return lambda value, i: value[i]
+    if isinstance(value, types.Float):
+        return lambda value, i: value
+    return None
+
+
 def is_single(arr):  # pragma: no cover - replaced by the overload in jitted code
     return arr.dtype == np.float32
 
@@ -652,7 +667,10 @@ def exp_bound(x):  # pragma: no cover - replaced by the overload in jitted code
 
 @overload(exp_bound, inline="always")
 def _exp_bound_overload(x):
-    """:func:`exp_bounded`'s bound in the type of ``x``."""
+    """:func:`exp_bounded`'s bound in the type of ``x`` (a float, or an
+    array of them)."""
+    if isinstance(x, types.Array):
+        x = x.dtype
     if x == types.float64:
         return lambda x: EXP_BOUND64
     if x == types.float32:

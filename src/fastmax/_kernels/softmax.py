@@ -19,6 +19,7 @@ from numba import njit, prange
 
 from .._config import EXACT_MATH, FASTMATH, JIT, ORDERED_MATH
 from ._math import (
+    at,
     data_address,
     exp,
     exp_bound,
@@ -94,13 +95,53 @@ def same_buffer(x, out):
 
 
 @njit(fastmath=EXACT_MATH, inline="always", **JIT)
+def _exp_write_exact(x, out, scale, shift, factor):
+    """``out = exp(x*scale - shift) * factor`` by :func:`exp_stored`;
+    ``shift`` and ``factor`` are scalars or per-element arrays (:func:`at`)."""
+    for i in range(x.size):
+        out[i] = exp_stored(x[i] * scale - at(shift, i)) * at(factor, i)
+
+
+@njit(fastmath=EXACT_MATH, inline="always", **JIT)
+def _exp_write_bounded(x, out, scale, shift, factor):
+    """:func:`_exp_write_exact` by :func:`exp_bounded`, and whether some
+    ``x*scale - shift`` is below minus :func:`exp_bound` (``out`` is then
+    unspecified).  A NaN argument does not count: it comes with a NaN
+    shift, whose NaN factor makes the answer NaN whatever was stored."""
+    lo = -exp_bound(x)
+    under = False
+    for i in range(x.size):
+        v = x[i] * scale - at(shift, i)
+        under |= v < lo
+        out[i] = exp_bounded(v) * at(factor, i)
+    return under
+
+
+@njit(fastmath=EXACT_MATH, inline="always", **JIT)
+def _exp_write(x, out, scale, shift, factor):
+    """``out = exp(x*scale - shift) * factor``.  Into another array, by
+    :func:`exp_bounded`, testing the bound as it goes (as in logits whose
+    range is under 80 in float32 or 700 in float64), and again by
+    :func:`exp_stored` if some argument is past it: softmax of 1 x 8M and
+    16 x 500K float64, one thread, same-process pairs, 0.91 of the time
+    (0.93 on two threads).  In place (``x`` is ``out``: a row that fits in
+    cache, the column kernels), by :func:`exp_stored`: the test would take
+    a pass of its own first (axis 0 in place, 8192 x 1000: 1.03-1.05 of
+    the time).  Long rows in place go through a stack buffer (see
+    :func:`write_row`), into another array."""
+    if same_buffer(x, out):
+        _exp_write_exact(out, out, scale, shift, factor)
+    elif _exp_write_bounded(x, out, scale, shift, factor):
+        _exp_write_exact(x, out, scale, shift, factor)
+
+
+@njit(fastmath=EXACT_MATH, inline="always", **JIT)
 def _write_loop(x, out, scale, shift, factor, log):
     if log:
         for i in range(x.size):
             out[i] = (x[i] * scale - shift) - factor
     else:
-        for i in range(x.size):
-            out[i] = exp_stored(x[i] * scale - shift) * factor
+        _exp_write(x, out, scale, shift, factor)
 
 
 #: Elements per chunk of :func:`write_row` on long rows, and how many
@@ -205,8 +246,7 @@ def _write_per_column_loop(x, out, scale, shift, factor, log):
         for j in range(x.size):
             out[j] = (x[j] * scale - shift[j]) - factor[j]
     else:
-        for j in range(x.size):
-            out[j] = exp_stored(x[j] * scale - shift[j]) * factor[j]
+        _exp_write(x, out, scale, shift, factor)
 
 
 @njit(fastmath=EXACT_MATH, **JIT)
@@ -293,7 +333,7 @@ def _exp_store_bounded_run(x, out, nxt, scale, m, m_next):
 @njit(fastmath=FASTMATH, inline="always", **JIT)
 def _below_bound(x, scale, m):
     """Whether some ``x*scale - m`` is below minus :func:`exp_bound`."""
-    lo = -exp_bound(m)
+    lo = -exp_bound(x)
     under = False
     for i in range(x.size):
         under |= x[i] * scale - m < lo
