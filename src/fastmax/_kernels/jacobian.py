@@ -14,6 +14,7 @@ from numba import njit, prange
 
 from .._config import EXACT_MATH, FASTMATH, JIT
 from ._math import (
+    at,
     exp,
     is_single,
     like,
@@ -72,15 +73,17 @@ def unit_strides(y, v, out):
 
 @njit(fastmath=EXACT_MATH, inline="always", **JIT)
 def _write_loop(y, v, out, s, mode):
+    """The mode's write pass; ``s`` is the row's sum or, in the column
+    kernels, an array of one per element (:func:`at`)."""
     if mode == SOFTMAX:
         for i in range(out.size):
-            out[i] = y[i] * (v[i] - s)
+            out[i] = y[i] * (v[i] - at(s, i))
     elif mode == LOG_JVP:
         for i in range(out.size):
-            out[i] = v[i] - s
+            out[i] = v[i] - at(s, i)
     else:
         for i in range(out.size):
-            out[i] = v[i] - exp(y[i]) * s
+            out[i] = v[i] - exp(y[i]) * at(s, i)
 
 
 @njit(fastmath=EXACT_MATH, inline="always", **JIT)
@@ -121,28 +124,15 @@ def write_row_to(y, v, out, s, mode, stream):
         stream_copy(seg, out[i0:i1])
 
 
-@njit(fastmath=EXACT_MATH, inline="always", **JIT)
-def _write_per_column_loop(y, v, out, s, mode):
-    if mode == SOFTMAX:
-        for j in range(out.size):
-            out[j] = y[j] * (v[j] - s[j])
-    elif mode == LOG_JVP:
-        for j in range(out.size):
-            out[j] = v[j] - s[j]
-    else:
-        for j in range(out.size):
-            out[j] = v[j] - exp(y[j]) * s[j]
-
-
 @njit(fastmath=EXACT_MATH, **JIT)
 def write_row_per_column(y, v, out, s, mode):
     """:func:`write_row` with a sum per element (column kernels)."""
     if same_buffer(v, out):
-        _write_per_column_loop(y, out, out, s, mode)
+        _write_loop(y, out, out, s, mode)
     elif same_buffer(y, out):
-        _write_per_column_loop(out, v, out, s, mode)
+        _write_loop(out, v, out, s, mode)
     else:
-        _write_per_column_loop(y, v, out, s, mode)
+        _write_loop(y, v, out, s, mode)
 
 
 @njit(fastmath=EXACT_MATH, **JIT)
@@ -154,12 +144,12 @@ def write_row_per_column_to(y, v, out, s, mode, stream):
         return
     n = out.size
     head = line_offset(out)
-    _write_per_column_loop(y[:head], v[:head], out[:head], s[:head], mode)
+    _write_loop(y[:head], v[:head], out[:head], s[:head], mode)
     buf = stack_array(STREAM_CHUNK, s[0])
     for i0 in range(head, n, STREAM_CHUNK):
         i1 = min(i0 + STREAM_CHUNK, n)
         seg = buf[: i1 - i0]
-        _write_per_column_loop(y[i0:i1], v[i0:i1], seg, s[i0:i1], mode)
+        _write_loop(y[i0:i1], v[i0:i1], seg, s[i0:i1], mode)
         stream_copy(seg, out[i0:i1])
 
 

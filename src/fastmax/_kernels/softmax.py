@@ -137,9 +137,12 @@ def _exp_write(x, out, scale, shift, factor):
 
 @njit(fastmath=EXACT_MATH, inline="always", **JIT)
 def _write_loop(x, out, scale, shift, factor, log):
+    """The write pass of a row: log_softmax ``(x*scale - shift) - factor`` or
+    softmax :func:`_exp_write`; ``shift`` and ``factor`` are the row's scalars
+    or, in the column kernels, arrays of one per element (:func:`at`)."""
     if log:
         for i in range(x.size):
-            out[i] = (x[i] * scale - shift) - factor
+            out[i] = (x[i] * scale - at(shift, i)) - at(factor, i)
     else:
         _exp_write(x, out, scale, shift, factor)
 
@@ -240,22 +243,13 @@ def write_row_to(x, out, scale, shift, factor, log, stream):
         write_row(x, out, scale, shift, factor, log)
 
 
-@njit(fastmath=EXACT_MATH, inline="always", **JIT)
-def _write_per_column_loop(x, out, scale, shift, factor, log):
-    if log:
-        for j in range(x.size):
-            out[j] = (x[j] * scale - shift[j]) - factor[j]
-    else:
-        _exp_write(x, out, scale, shift, factor)
-
-
 @njit(fastmath=EXACT_MATH, **JIT)
 def write_row_per_column(x, out, scale, shift, factor, log):
     """:func:`write_row` with a shift and factor per element (column kernels)."""
     if same_buffer(x, out):
-        _write_per_column_loop(out, out, scale, shift, factor, log)
+        _write_loop(out, out, scale, shift, factor, log)
     else:
-        _write_per_column_loop(x, out, scale, shift, factor, log)
+        _write_loop(x, out, scale, shift, factor, log)
 
 
 @njit(fastmath=EXACT_MATH, **JIT)
@@ -273,12 +267,12 @@ def write_row_per_column_to(x, out, scale, shift, factor, log, stream):
         return
     n = out.size
     head = line_offset(out)
-    _write_per_column_loop(x[:head], out[:head], scale, shift[:head], factor[:head], log)
+    _write_loop(x[:head], out[:head], scale, shift[:head], factor[:head], log)
     buf = stack_array(STREAM_CHUNK, scale)
     for i0 in range(head, n, STREAM_CHUNK):
         i1 = min(i0 + STREAM_CHUNK, n)
         seg = buf[: i1 - i0]
-        _write_per_column_loop(x[i0:i1], seg, scale, shift[i0:i1], factor[i0:i1], log)
+        _write_loop(x[i0:i1], seg, scale, shift[i0:i1], factor[i0:i1], log)
         stream_copy(seg, out[i0:i1])
 
 
