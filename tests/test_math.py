@@ -4,6 +4,7 @@ stack scratch arrays and the in-vector segment reductions."""
 
 from __future__ import annotations
 
+import math
 import platform
 import re
 
@@ -18,12 +19,14 @@ from fastmax._kernels._math import (
     SEGMENT_SUM,
     SUM_ACCUMULATORS,
     SUM_LANES,
+    TABLE_EXP,
     VECTOR_BYTES,
     data_address,
     exp,
     exp_bound,
     exp_bounded,
     exp_nonpos,
+    exp_sum_max,
     exp_term,
     fmaximum,
     is_single,
@@ -570,3 +573,93 @@ def test_stream_copy_writes_exactly_its_destination(dtype):
     if platform.machine() in ("x86_64", "AMD64"):
         assert re.search(r"\tvmovnt(p[sd]|dq)\s", asm), "no streaming store"
         assert re.search(r"	sfence", asm), "no fence"
+
+
+# --- the AVX-512 exp sums (float64) ----------------------------------------
+needs_table_exp = pytest.mark.skipif(not TABLE_EXP, reason="no AVX-512: exp_sum_max unused")
+
+
+@njit(fastmath=FASTMATH, cache=False)
+def _exp_sum_max_each(x, scale, shift, out):
+    """exp_sum_max of each element alone: its term (a sum of one)."""
+    for i in range(x.size):
+        out[i], _ = exp_sum_max(x[i : i + 1], x[i : i + 1], scale, shift)
+
+
+@njit(fastmath=FASTMATH, cache=False)
+def _exp_sum_max_call(x, nxt, scale, shift):
+    return exp_sum_max(x, nxt, scale, shift)
+
+
+@needs_table_exp
+@pytest.mark.parametrize("scale", [1.0, 0.5])
+def test_exp_sum_max_terms_within_ulp_and_floor(scale):
+    """Each term is exp_term's: within ULP of NumPy's exp down to -700 (the
+    table's 16 entries and every reduced argument are met on a fine grid),
+    exp(-700) below it and for -inf; unscaled and scaled loops alike."""
+    x = np.concatenate(
+        [
+            np.linspace(-700.0, 0.0, 1_000_001),
+            np.random.default_rng(0).uniform(-1.0, 0.0, 100_000),
+            [0.0, -0.0, -1e-300, -np.finfo(np.float64).eps],
+        ]
+    )
+    got = np.empty_like(x)
+    _exp_sum_max_each(x / scale, scale, 0.0, got)
+    ref = np.exp((x / scale) * scale)
+    ulps = np.abs(got - ref) / np.spacing(ref)
+    assert ulps.max() <= ULP[np.float64], ulps.max()
+    assert got[x.size - 4] == 1.0  # exp(0) exactly: a row of one gives log 0
+    low = np.empty(4)
+    _exp_sum_max_each(np.array([-700.001, -720.0, -np.inf, -1e308]), 1.0, 0.0, low)
+    np.testing.assert_array_equal(low, np.exp(-700.0))
+
+
+@needs_table_exp
+@pytest.mark.parametrize("n", [1, 7, 8, 9, 15, 16, 17, 23, 24, 31, 32, 33, 100, 257])
+@pytest.mark.parametrize("scale", [1.0, 0.25])
+def test_exp_sum_max_sum_and_next_max(n, scale):
+    """The sum (the unrolled loop, single vectors, the masked tail: each
+    element once) against an exact sum, and the max of ``nxt[:n]`` only
+    (a larger value after it is not read), NaN-propagating."""
+    rng = np.random.default_rng(n)
+    x = rng.standard_normal(n) * 3
+    nxt = np.concatenate([rng.standard_normal(n), [1e300]])
+    shift = x.max() * scale
+    total, top = _exp_sum_max_call(x, nxt, scale, shift)
+    exact = math.fsum(np.exp(x * scale - shift))
+    assert abs(total - exact) <= 4e-16 * exact
+    assert top == nxt[:n].max()
+    for k in {0, n // 2, n - 1}:
+        bad = nxt.copy()
+        bad[k] = np.nan
+        assert np.isnan(_exp_sum_max_call(x, bad, scale, shift)[1])
+    nxt[:n] = -np.inf
+    assert _exp_sum_max_call(x, nxt, scale, shift)[1] == -np.inf
+
+
+@needs_table_exp
+def test_exp_sum_max_order_is_fixed():
+    """The same bits for the same values anywhere in memory (no
+    alignment-dependent path), in the documented order."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(1003) * 5
+    base = np.empty(1100)
+    results = set()
+    for offset in range(0, 8):
+        y = base[offset : offset + x.size]
+        y[:] = x
+        results.add(_exp_sum_max_call(y, y, 1.0, 0.0)[0])
+    assert len(results) == 1
+    # The documented order, from the kernel's own terms: lane j adds terms
+    # j, j + 8, ... in turn (the masked last vector's lanes too), then the
+    # lanes by halves.
+    terms = np.empty_like(x)
+    _exp_sum_max_each(x, 1.0, 0.0, terms)
+    lanes = np.zeros(8)
+    for i0 in range(0, x.size, 8):
+        chunk = terms[i0 : i0 + 8]
+        lanes[: chunk.size] += chunk
+    while lanes.size > 1:
+        lanes = lanes[: lanes.size // 2] + lanes[lanes.size // 2 :]
+    assert results == {lanes[0]}

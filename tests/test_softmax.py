@@ -231,6 +231,25 @@ def test_kernel_paths(dtype, shape, axis, rng):
     ref.assert_matches(got, ref.logsumexp(x, axis=axis), dtype, scale=50)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_column_kernel_takes_every_rows_max(dtype, rng):
+    """Along axis 0 the column kernels take each block's max beside the block
+    before it, rows in groups: a NaN, and a value far above the rest, in
+    each position of a group, in every row chunk, still decide their column."""
+    x = (rng.standard_normal((2001, 600))).astype(dtype)
+    for j in range(16):
+        for chunk_start in range(0, 1900, 250):
+            row = chunk_start + 60 + j
+            if j < 8:
+                x[row, j] = np.nan
+            else:
+                x[row, j] = 80.0 + j  # beyond the exp bound above the others
+    for fn, log in SOFTMAXES:
+        got = fn(x, axis=0)
+        ref.assert_matches(got, ref.softmax(x, axis=0, log=log), dtype, scale=50)
+    ref.assert_matches(fastmax.logsumexp(x, axis=0), ref.logsumexp(x, axis=0), dtype, scale=50)
+
+
 def _streamed_shapes(itemsize: int) -> list[tuple[tuple[int, int], int]]:
     """Shapes whose outputs the kernels stream (just over the threshold)."""
     n = -(-schedule.STREAM_MIN_BYTES // itemsize)

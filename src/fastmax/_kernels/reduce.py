@@ -2,15 +2,14 @@
 
 All take a 1-D view (any stride) with at least one element and compute in the
 view's own floating type.  Sums of exponentials are float64 across runs of
-:data:`ACC_RUN` elements; within a run, float32 exponentials are stored and
-summed by :func:`ordered_sum` in float32 lanes (twice as fast as float64
-sums, and accurate: a lane adds at most ``ACC_RUN / 64`` terms), in an order
-fixed by its IR.  A sum vectorized by LLVM runs in an order that can differ
-between a kernel compiled in this process and the same kernel loaded from the
-on-disk cache (measured: float32 results then differed in the last bit), so
-float32 results are the same bits in every process.  float64 rows sum in the
-loop, in LLVM's order (15% faster): their results can differ in the last bits
-between a kernel compiled in-process and one loaded from the cache.
+:data:`ACC_RUN` elements; within a run, exponentials are stored and summed by
+:func:`ordered_sum` (float32 in float32 lanes: twice as fast as float64 sums,
+and accurate: a lane adds at most ``ACC_RUN / 64`` terms), in an order fixed
+by its IR.  float64 rows of unit stride on AVX-512 take :func:`exp_sum_max`
+instead (no buffer; its own fixed order).  A sum vectorized by LLVM runs in
+an order that can differ between a kernel compiled in this process and the
+same kernel loaded from the on-disk cache (measured: results then differed
+in the last bit), so results are the same bits in every process.
 
 ``scale`` multiplies every element before use (``1/temperature``); as it is
 positive, ``max(x) * scale == max(x * scale)`` exactly.  A row's statistics
@@ -24,16 +23,19 @@ import math
 
 import numpy as np
 from numba import njit
+from numba.extending import overload
 
 from .._config import FASTMATH, JIT
 from ._math import (
     exp_nonpos,
+    exp_sum_max,
     exp_term,
     fmaximum,
     like,
     ordered_sum,
     prefetch_to_l2,
     stack_array,
+    table_exp_type,
 )
 
 #: Elements per block of the online max+sum: small enough to stay in L1.
@@ -126,17 +128,34 @@ def _sumexp_run(x, nxt, scale, shift, m_next, buf):
     return ordered_sum(buf[: x.size]), m_next
 
 
-@njit(fastmath=FASTMATH, inline="always", **JIT)
-def sumexp_next_max(x, nxt, scale, shift):
+def sumexp_next_max(x, nxt, scale, shift):  # pragma: no cover - replaced by the overload
+    return np.exp(np.float64(x) * scale - shift).sum(), np.max(nxt[: x.size])
+
+
+@overload(sumexp_next_max, inline="always")
+def _sumexp_next_max_overload(x, nxt, scale, shift):
     """``sum(exp(x * scale - shift))`` as float64 and, in the same loop, the max
     of ``nxt`` (at least as long as ``x``): the next row or block streams in
     from memory while this one's exponentials are computed from cache.
 
-    Runs of :data:`ACC_RUN` exponentials go to a stack buffer and are summed
-    by :func:`ordered_sum` (in the row's type, in a fixed order); runs add up
-    in float64.  The fixed order lets float64 exponentials take Horner's
-    scheme (see :func:`exp_term`), whose sums in LLVM's order were measured
-    to differ between builds of one kernel."""
+    float64 rows of unit stride on AVX-512 go to :func:`exp_sum_max` in
+    parts (:func:`_table_sumexp`).  Others: runs of :data:`ACC_RUN`
+    exponentials go to a stack buffer and are summed by :func:`ordered_sum`
+    (in the row's type, in a fixed order); runs add up in float64.  The
+    fixed order lets float64 exponentials take Horner's scheme (see
+    :func:`exp_term`), whose sums in LLVM's order were measured to differ
+    between builds of one kernel."""
+    if table_exp_type(x) and table_exp_type(nxt):
+        return lambda x, nxt, scale, shift: _table_sumexp(x, nxt, x[:0], scale, shift)
+    return lambda x, nxt, scale, shift: sumexp_runs_next_max(x, nxt, scale, shift)
+
+
+@njit(fastmath=FASTMATH, inline="always", **JIT)
+def sumexp_runs_next_max(x, nxt, scale, shift):
+    """:func:`sumexp_next_max` by runs of stored exponentials on every array:
+    the sums of the write passes that sum the next row's exponentials
+    (``softmax.log_write_sumexp_next_max``), bit for bit, for the row they
+    do not take (a block's first)."""
     m_next = nxt[0]
     buf = stack_array(ACC_RUN, shift)
     total = 0.0
@@ -150,12 +169,41 @@ def sumexp_next_max(x, nxt, scale, shift):
     return total, m_next
 
 
-@njit(fastmath=FASTMATH, **JIT)
-def sumexp_next_max_far(x, nxt, far, scale, shift):
+@njit(fastmath=FASTMATH, inline="always", **JIT)
+def _table_sumexp(x, nxt, far, scale, shift):
+    """:func:`sumexp_next_max` by :func:`exp_sum_max`, in parts of
+    :data:`FAR_PART_BYTES` (part sums added in order), each after the
+    prefetch of that part of ``far`` (empty, or as long as ``x`` or shorter)."""
+    m_next = nxt[0]
+    total = 0.0
+    n = x.size
+    step = FAR_PART_BYTES // x.itemsize
+    for k0 in range(0, n, step):
+        k1 = min(k0 + step, n)
+        prefetch_to_l2(far[k0:k1])
+        part, top = exp_sum_max(x[k0:k1], nxt[k0:k1], scale, shift)
+        total += part
+        m_next = fmaximum(m_next, like(top, m_next))
+    return total, m_next
+
+
+def sumexp_next_max_far(x, nxt, far, scale, shift):  # pragma: no cover - replaced by the overload
+    return sumexp_next_max(x, nxt, scale, shift)
+
+
+@overload(sumexp_next_max_far, jit_options={"fastmath": FASTMATH, "_nrt": False})
+def _sumexp_next_max_far_overload(x, nxt, far, scale, shift):
     """:func:`sumexp_next_max` of at most :data:`ACC_RUN` elements (the same
     sum, bit for bit) that also prefetches ``far`` (the row or block after
     ``nxt``; as long as ``x``, or shorter near an array's end) into L2, in
     parts of :data:`FAR_PART_BYTES`, one before each part of the loop."""
+    if table_exp_type(x) and table_exp_type(nxt):
+        return lambda x, nxt, far, scale, shift: _table_sumexp(x, nxt, far, scale, shift)
+    return lambda x, nxt, far, scale, shift: _sumexp_runs_far(x, nxt, far, scale, shift)
+
+
+@njit(fastmath=FASTMATH, inline="always", **JIT)
+def _sumexp_runs_far(x, nxt, far, scale, shift):
     m_next = nxt[0]
     buf = stack_array(ACC_RUN, shift)
     n = x.size
