@@ -575,7 +575,7 @@ def test_stream_copy_writes_exactly_its_destination(dtype):
         assert re.search(r"	sfence", asm), "no fence"
 
 
-# --- the AVX-512 exp sums (float64) ----------------------------------------
+# --- the AVX-512 exp sums ---------------------------------------------------
 needs_table_exp = pytest.mark.skipif(not TABLE_EXP, reason="no AVX-512: exp_sum_max unused")
 
 
@@ -583,7 +583,8 @@ needs_table_exp = pytest.mark.skipif(not TABLE_EXP, reason="no AVX-512: exp_sum_
 def _exp_sum_max_each(x, scale, shift, out):
     """exp_sum_max of each element alone: its term (a sum of one)."""
     for i in range(x.size):
-        out[i], _ = exp_sum_max(x[i : i + 1], x[i : i + 1], scale, shift)
+        total, _ = exp_sum_max(x[i : i + 1], x[i : i + 1], scale, shift)
+        out[i] = total
 
 
 @njit(fastmath=FASTMATH, cache=False)
@@ -592,43 +593,51 @@ def _exp_sum_max_call(x, nxt, scale, shift):
 
 
 @needs_table_exp
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("scale", [1.0, 0.5])
-def test_exp_sum_max_terms_within_ulp_and_floor(scale):
-    """Each term is exp_term's: within ULP of NumPy's exp down to -700 (the
-    table's 16 entries and every reduced argument are met on a fine grid),
-    exp(-700) below it and for -inf; unscaled and scaled loops alike."""
+def test_exp_sum_max_terms_within_ulp_and_floor(dtype, scale):
+    """Each term is exp_term's: within ULP of NumPy's exp down to the bound
+    (-700, float32 -86; the table's 16 entries and every reduced argument
+    are met on a fine grid), exp(bound) below it and for -inf; unscaled and
+    scaled loops alike."""
+    bound = -86.0 if dtype == np.float32 else -700.0
     x = np.concatenate(
         [
-            np.linspace(-700.0, 0.0, 1_000_001),
+            np.linspace(bound, 0.0, 1_000_001),
             np.random.default_rng(0).uniform(-1.0, 0.0, 100_000),
-            [0.0, -0.0, -1e-300, -np.finfo(np.float64).eps],
+            [0.0, -0.0, -1e-30, -np.finfo(dtype).eps],
         ]
-    )
-    got = np.empty_like(x)
-    _exp_sum_max_each(x / scale, scale, 0.0, got)
-    ref = np.exp((x / scale) * scale)
+    ).astype(dtype)
+    arg = (x / dtype(scale)).astype(dtype)
+    got = np.empty(x.size)
+    _exp_sum_max_each(arg, dtype(scale), dtype(0.0), got)
+    ref = np.exp(arg * dtype(scale))
     ulps = np.abs(got - ref) / np.spacing(ref)
-    assert ulps.max() <= ULP[np.float64], ulps.max()
+    assert ulps.max() <= ULP[dtype], ulps.max()
     assert got[x.size - 4] == 1.0  # exp(0) exactly: a row of one gives log 0
     low = np.empty(4)
-    _exp_sum_max_each(np.array([-700.001, -720.0, -np.inf, -1e308]), 1.0, 0.0, low)
-    np.testing.assert_array_equal(low, np.exp(-700.0))
+    below = np.array([bound - 1e-3, bound - 20, -np.inf, -np.finfo(dtype).max], dtype)
+    _exp_sum_max_each(below, dtype(1.0), dtype(0.0), low)
+    np.testing.assert_array_equal(low, np.exp(dtype(bound)))
 
 
 @needs_table_exp
-@pytest.mark.parametrize("n", [1, 7, 8, 9, 15, 16, 17, 23, 24, 31, 32, 33, 100, 257])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 47, 64, 65, 100, 512])
 @pytest.mark.parametrize("scale", [1.0, 0.25])
-def test_exp_sum_max_sum_and_next_max(n, scale):
+def test_exp_sum_max_sum_and_next_max(dtype, n, scale):
     """The sum (the unrolled loop, single vectors, the masked tail: each
     element once) against an exact sum, and the max of ``nxt[:n]`` only
     (a larger value after it is not read), NaN-propagating."""
     rng = np.random.default_rng(n)
-    x = rng.standard_normal(n) * 3
-    nxt = np.concatenate([rng.standard_normal(n), [1e300]])
+    x = (rng.standard_normal(n) * 3).astype(dtype)
+    nxt = np.concatenate([rng.standard_normal(n), [1e30]]).astype(dtype)
+    scale = dtype(scale)
     shift = x.max() * scale
     total, top = _exp_sum_max_call(x, nxt, scale, shift)
-    exact = math.fsum(np.exp(x * scale - shift))
-    assert abs(total - exact) <= 4e-16 * exact
+    exact = math.fsum(np.exp(x.astype(np.float64) * scale - np.float64(shift)))
+    tol = 2e-6 if dtype == np.float32 else 4e-16
+    assert abs(total - exact) <= tol * exact
     assert top == nxt[:n].max()
     for k in {0, n // 2, n - 1}:
         bad = nxt.copy()
@@ -639,27 +648,30 @@ def test_exp_sum_max_sum_and_next_max(n, scale):
 
 
 @needs_table_exp
-def test_exp_sum_max_order_is_fixed():
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_exp_sum_max_order_is_fixed(dtype):
     """The same bits for the same values anywhere in memory (no
     alignment-dependent path), in the documented order."""
     rng = np.random.default_rng(1)
-    x = rng.standard_normal(1003) * 5
-    base = np.empty(1100)
+    x = (rng.standard_normal(1003) * 5).astype(dtype)
+    base = np.empty(1100, dtype)
     results = set()
-    for offset in range(0, 8):
+    for offset in range(0, 16):
         y = base[offset : offset + x.size]
         y[:] = x
-        results.add(_exp_sum_max_call(y, y, 1.0, 0.0)[0])
-    assert len(results) == 1
+        results.add(_exp_sum_max_call(y, y, dtype(1.0), dtype(0.0))[0])
     # The documented order, from the kernel's own terms: lane j adds terms
-    # j, j + 8, ... in turn (the masked last vector's lanes too), then the
-    # lanes by halves.
-    terms = np.empty_like(x)
-    _exp_sum_max_each(x, 1.0, 0.0, terms)
-    lanes = np.zeros(8)
-    for i0 in range(0, x.size, 8):
-        chunk = terms[i0 : i0 + 8]
+    # j, j + lanes, ... in turn in the data's type (the masked last
+    # vector's lanes too), then the lanes by halves in float64.
+    terms = np.empty(x.size)
+    _exp_sum_max_each(x, dtype(1.0), dtype(0.0), terms)
+    terms = terms.astype(dtype)
+    width = VECTOR_BYTES // x.itemsize
+    lanes = np.zeros(width, dtype)
+    for i0 in range(0, x.size, width):
+        chunk = terms[i0 : i0 + width]
         lanes[: chunk.size] += chunk
+    lanes = lanes.astype(np.float64)
     while lanes.size > 1:
         lanes = lanes[: lanes.size // 2] + lanes[lanes.size // 2 :]
     assert results == {lanes[0]}

@@ -9,9 +9,9 @@
 * :func:`exp_nonpos` — the same exp for arguments ``<= 0`` (``x - max`` in
   every softmax-type kernel): no overflow side, no NaN handling, and ``2^n``
   added straight into the exponent bits, about 35% fewer instructions.
-* :func:`exp_sum_max` — float64 sums of :func:`exp_term`'s exponentials with
-  the next row's max, in one loop written out in IR for AVX-512 (2^(j/16)
-  from a table in two registers, a degree-6 polynomial).
+* :func:`exp_sum_max` — sums of :func:`exp_term`'s exponentials with the
+  next row's max, in one loop written out in IR for AVX-512 (2^(j/16) from
+  a table in registers, a shorter polynomial).
 * :func:`log_pos` — a vectorizable natural log of positive normal numbers
   (fdlibm's method; the kernels take logs of sums of exponentials, >= 1).
 * :func:`segment_allreduce` — in one 64-byte vector, every lane gets the max
@@ -1569,14 +1569,15 @@ def shifted_row(typingctx, x, out, scale, hi, lo):
     )
 
 
-# --- float64 sums of exponentials: an explicit AVX-512 loop ----------------
+# --- sums of exponentials: an explicit AVX-512 loop ------------------------
 # exp_term's float64 polynomial takes 10 FMAs of the 14 its loop spends on
 # each vector, and the sums of logsumexp and the cross-entropy forward wait
 # on them (their floor is a read alone).  With 2^(j/16) from a table of 16
-# (two registers, one vpermt2pd) the reduced argument is within ln2/32 and a
-# degree-6 polynomial is as accurate.  LLVM makes no permute of a scalar
-# table lookup (it gathers, slower than the polynomial it saves), so this
-# loop is written out in IR, where its sum also takes a fixed order.
+# (float64: two registers and a vpermt2pd; float32: one and a vpermps) the
+# reduced argument is within ln2/32 and a polynomial of degree 6 (float32:
+# 3) is as accurate.  LLVM makes no permute of a scalar table lookup (it
+# gathers, slower than the polynomial it saves), so this loop is written
+# out in IR, where its sum also takes a fixed order and needs no buffer.
 # logsumexp's row loop (64 x 1000 float64, one thread, in cache) took 0.64
 # -> 0.51 ns per element; over memory on two threads (same-process runs,
 # read floors) 32768 x 1000 took 1.89 -> 1.58 and 2048 x 32000 1.95 -> 1.64.
@@ -1594,14 +1595,12 @@ def _target_has_avx512() -> bool:
     return "+avx512f" in features.split(",")
 
 
-#: Whether :func:`exp_sum_max` takes its AVX-512 loop (float64, unit stride).
+#: Whether :func:`exp_sum_max` takes its AVX-512 loop (unit stride).
 TABLE_EXP = _target_has_avx512()
 
-_TABLE_LOG2E = 16 * _LOG2E  # a power of two times log2(e): exact
-_TABLE_LN2_HI = _LN2_HI / 16  # ln2/16 with trailing zero bits: n * it is exact
-_TABLE_LN2_LO = _LN2_LO / 16
-# e^r on [-ln2/32, ln2/32] interpolated at the 7 Chebyshev nodes (computed in
-# 60-digit arithmetic, rounded to float64): max relative error 7.6e-18.
+# e^r on [-ln2/32, ln2/32] interpolated at Chebyshev nodes (computed in
+# 50-digit arithmetic, rounded): max relative error 7.6e-18 (float64, degree
+# 6) and 2.3e-9 (float32, degree 3).  The constant terms are exactly 1.
 _Q64 = (
     1.0,
     1.0000000000000022,
@@ -1611,7 +1610,8 @@ _Q64 = (
     0.008333496248686918,
     0.0013889092532749104,
 )
-# 2^(j/16), correctly rounded.
+_Q32 = (1.0, 1.0, 0.5000195503234863, 0.16667057573795319)
+# 2^(j/16), correctly rounded to float64.
 _POW2_SIXTEENTHS = (
     1.0,
     1.0442737824274138,
@@ -1634,56 +1634,78 @@ _POW2_SIXTEENTHS = (
 EXP_SUM_UNROLL = 2
 
 
-def _table_exp_term(builder, v):
-    """IR of ``exp(max(v, -700))`` for a vector of 8 float64 (``exp_term``'s
-    contract, within 2 ulp above the bound): ``v = (16 k + j) ln2/16 + r``,
-    ``e^r`` by the polynomial, times ``2^(j/16)`` (``vpermt2pd``), ``2^k``
-    added into the exponent field."""
+class _TableExp:
+    """The constants and instructions of the table exponential of one type:
+    ``v = (16 k + j) ln2/16 + r`` (Cody-Waite: ``n * ln2_hi`` is exact), the
+    rounding constant leaving ``16 k + j`` in the low bits of ``t``."""
+
+    def __init__(self, bits, lanes, shift, lo, ln2_hi, ln2_lo, poly, permute, tables):
+        self.bits, self.lanes, self.shift, self.lo = bits, lanes, shift, lo
+        self.log2e = 16 * _LOG2E
+        self.ln2_hi, self.ln2_lo = ln2_hi / 16, ln2_lo / 16
+        self.poly, self.permute, self.tables = poly, permute, tables
+
+    def float_type(self):
+        return ir.DoubleType() if self.bits == 64 else ir.FloatType()
+
+
+_TABLE_EXPS = {
+    types.float64: _TableExp(
+        64, 8, _SHIFT64, _TERM64_LO, _LN2_HI, _LN2_LO, _Q64,
+        "llvm.x86.avx512.vpermi2var.pd.512", (_POW2_SIXTEENTHS[:8], _POW2_SIXTEENTHS[8:]),
+    ),
+    types.float32: _TableExp(
+        32, 16, float(_SHIFT32), float(_TERM32_LO), float(_LN2_HI_F), float(_LN2_LO_F), _Q32,
+        "llvm.x86.avx512.permvar.sf.512", (_POW2_SIXTEENTHS,),
+    ),
+}  # fmt: skip
+
+
+def _table_exp_term(builder, spec, v):
+    """IR of ``exp(max(v, lo))`` for a vector (``exp_term``'s contract, lo
+    -700 or -86): ``e^r`` by the polynomial, times ``2^(j/16)`` (a permute of
+    the table's registers), ``2^k`` added into the exponent field."""
     vty = v.type
     lanes = vty.count
-    ity = ir.VectorType(ir.IntType(64), lanes)
+    ity = ir.VectorType(ir.IntType(spec.bits), lanes)
 
     def splat(c):
         return ir.Constant(vty, [c] * lanes)
 
-    lo = splat(_TERM64_LO)
+    def isplat(c):
+        return ir.Constant(ity, [c] * lanes)
+
+    lo = splat(spec.lo)
     v = builder.select(builder.fcmp_ordered(">", v, lo), v, lo)
-    t = _fma(builder, v, splat(_TABLE_LOG2E), splat(_SHIFT64))
-    n = builder.fsub(t, splat(_SHIFT64))
-    r = _fma(builder, n, splat(-_TABLE_LN2_HI), v)
-    r = _fma(builder, n, splat(-_TABLE_LN2_LO), r)
-    p = splat(_Q64[-1])
-    for c in _Q64[-2::-1]:
+    t = _fma(builder, v, splat(spec.log2e), splat(spec.shift))
+    n = builder.fsub(t, splat(spec.shift))
+    r = _fma(builder, n, splat(-spec.ln2_hi), v)
+    r = _fma(builder, n, splat(-spec.ln2_lo), r)
+    p = splat(spec.poly[-1])
+    for c in spec.poly[-2::-1]:
         p = _fma(builder, p, r, splat(c))
     bits = builder.bitcast(t, ity)
-    index = builder.and_(bits, ir.Constant(ity, [15] * lanes))
+    index = builder.and_(bits, isplat(15))
+    tables = [ir.Constant(vty, list(tab)) for tab in spec.tables]
+    operands = [tables[0], index, *tables[1:]]
     permute = cgutils.get_or_insert_function(
-        builder.module,
-        ir.FunctionType(vty, [vty, ity, vty]),
-        "llvm.x86.avx512.vpermi2var.pd.512",
+        builder.module, ir.FunctionType(vty, [o.type for o in operands]), spec.permute
     )
-    table = builder.call(
-        permute,
-        [
-            ir.Constant(vty, list(_POW2_SIXTEENTHS[:8])),
-            index,
-            ir.Constant(vty, list(_POW2_SIXTEENTHS[8:])),
-        ],
-    )
-    p = builder.fmul(p, table)
-    # t's bits >> 4 are k plus _SHIFT64_BITS >> 4, which << 52 is 0 mod 2^64.
-    k = builder.ashr(bits, ir.Constant(ity, [4] * lanes))
-    k = builder.shl(k, ir.Constant(ity, [52] * lanes))
+    p = builder.fmul(p, builder.call(permute, operands))
+    # t's bits >> 4 are k plus the rounding constant's bits >> 4, which
+    # shifted into the exponent field are 0 modulo 2^bits.
+    k = builder.shl(builder.ashr(bits, isplat(4)), isplat(52 if spec.bits == 64 else 23))
     return builder.bitcast(builder.add(builder.bitcast(p, ity), k), vty)
 
 
 def _exp_sum_max_codegen(context, builder, signature, args):
     xty, nty = signature.args[:2]
+    spec = _TABLE_EXPS[xty.dtype]
     xa = context.make_array(xty)(context, builder, args[0])
     na = context.make_array(nty)(context, builder, args[1])
-    f64 = ir.DoubleType()
-    lanes = 8
-    vty = ir.VectorType(f64, lanes)
+    elt = spec.float_type()
+    lanes = spec.lanes
+    vty = ir.VectorType(elt, lanes)
     bty = ir.VectorType(ir.IntType(1), lanes)
     n = builder.extract_value(xa.shape, 0)
     intp = n.type
@@ -1705,7 +1727,7 @@ def _exp_sum_max_codegen(context, builder, signature, args):
 
     def step(xv, yv, scaled, keep=None):
         v = _fma(builder, xv, scale, neg_shift) if scaled else builder.fadd(xv, neg_shift)
-        e = _table_exp_term(builder, v)
+        e = _table_exp_term(builder, spec, v)
         if keep is not None:
             e = builder.select(keep, e, zeros)
         builder.store(builder.fadd(builder.load(acc), e), acc)
@@ -1737,14 +1759,17 @@ def _exp_sum_max_codegen(context, builder, signature, args):
 
     # Unscaled (scale 1, no temperature), x - shift is an add, off the
     # FMA units the exponentials keep busy.
-    unscaled = builder.fcmp_ordered("==", args[2], ir.Constant(f64, 1.0))
+    unscaled = builder.fcmp_ordered("==", args[2], ir.Constant(elt, 1.0))
     with builder.if_else(unscaled, likely=True) as (then, otherwise):
         with then:
             loops(False)
         with otherwise:
             loops(True)
-    # The lanes, added by halves (a fixed tree).
+    # The lanes, added by halves in float64 (a fixed tree).
+    f64 = ir.DoubleType()
     vec, mvec = builder.load(acc), builder.load(top_acc)
+    if elt != f64:
+        vec = builder.fpext(vec, ir.VectorType(f64, lanes))
     i32 = ir.IntType(32)
     width = lanes
     while width > 1:
@@ -1762,31 +1787,28 @@ def _exp_sum_max_codegen(context, builder, signature, args):
     top = builder.extract_element(mvec, i32(0))
     flags = builder.bitcast(builder.load(nans), ir.IntType(lanes))
     any_nan = builder.icmp_unsigned("!=", flags, ir.Constant(ir.IntType(lanes), 0))
-    top = builder.select(any_nan, ir.Constant(f64, np.nan), top)
+    top = builder.select(any_nan, ir.Constant(elt, np.nan), top)
     return context.make_tuple(builder, signature.return_type, [total, top])
 
 
 @intrinsic
 def _exp_sum_max_avx512(typingctx, x, nxt, scale, shift):
-    f64 = types.float64
-    ok = all(
-        isinstance(a, types.Array) and a.ndim == 1 and a.dtype == f64 and a.layout == "C"
-        for a in (x, nxt)
-    )
-    if not (ok and scale == f64 and shift == f64):
+    if not (table_exp_type(x) and table_exp_type(nxt) and x.dtype == nxt.dtype):
         return None
-    return types.UniTuple(f64, 2)(x, nxt, scale, shift), _exp_sum_max_codegen
+    if not (scale == x.dtype and shift == x.dtype):
+        return None
+    return types.Tuple((types.float64, x.dtype))(x, nxt, scale, shift), _exp_sum_max_codegen
 
 
 def table_exp_type(ty) -> bool:
     """Whether :func:`exp_sum_max` takes arrays of the Numba type ``ty``
-    (1-D float64 of unit stride) on this target (AVX-512): for overloads
-    choosing their implementation."""
+    (1-D float32 or float64 of unit stride) on this target (AVX-512): for
+    overloads choosing their implementation."""
     return (
         TABLE_EXP
         and isinstance(ty, types.Array)
         and ty.ndim == 1
-        and ty.dtype == types.float64
+        and ty.dtype in _TABLE_EXPS
         and ty.layout == "C"
     )
 
@@ -1797,16 +1819,21 @@ def exp_sum_max(x, nxt, scale, shift):  # pragma: no cover - replaced by the ove
 
 @overload(exp_sum_max, inline="always")
 def _exp_sum_max_overload(x, nxt, scale, shift):
-    """``(sum of exp_term(x * scale - shift), max of nxt[:x.size])`` as float64
-    for arrays :func:`table_exp_type` takes: ``x * scale - shift`` by one FMA,
-    the exponentials by the table, added lane by lane into one vector (the
-    masked last vector's other lanes add 0), then its lanes by halves: the
-    same bits from every compiled copy.  The max propagates NaN
+    """``(sum of exp_term(x * scale - shift) as float64, max of nxt[:x.size])``
+    for arrays :func:`table_exp_type` takes: ``x * scale - shift`` by one FMA
+    (an add when ``scale`` is 1), the exponentials by the table, added lane
+    by lane into one vector (the masked last vector's other lanes add 0),
+    then its lanes by halves in float64: the same bits from every compiled
+    copy.  float32 lanes sum in float32: callers pass parts of at most
+    :data:`reduce.FAR_PART_BYTES`, 32 terms a lane.  The max propagates NaN
     (as ``np.max``); ``nxt`` must be at least as long as ``x`` (not
     checked).  Other arrays have no implementation (callers test
     :func:`table_exp_type` first)."""
-    if TABLE_EXP:
-        return lambda x, nxt, scale, shift: _exp_sum_max_avx512(
-            x, nxt[: x.size], np.float64(scale), np.float64(shift)
-        )
+    if table_exp_type(x):
+        dt = x.dtype
+
+        def impl(x, nxt, scale, shift):
+            return _exp_sum_max_avx512(x, nxt[: x.size], dt(scale), dt(shift))
+
+        return impl
     return None

@@ -5,7 +5,7 @@ view's own floating type.  Sums of exponentials are float64 across runs of
 :data:`ACC_RUN` elements; within a run, exponentials are stored and summed by
 :func:`ordered_sum` (float32 in float32 lanes: twice as fast as float64 sums,
 and accurate: a lane adds at most ``ACC_RUN / 64`` terms), in an order fixed
-by its IR.  float64 rows of unit stride on AVX-512 take :func:`exp_sum_max`
+by its IR.  Rows of unit stride on AVX-512 take :func:`exp_sum_max`
 instead (no buffer; its own fixed order).  A sum vectorized by LLVM runs in
 an order that can differ between a kernel compiled in this process and the
 same kernel loaded from the on-disk cache (measured: results then differed
@@ -138,8 +138,8 @@ def _sumexp_next_max_overload(x, nxt, scale, shift):
     of ``nxt`` (at least as long as ``x``): the next row or block streams in
     from memory while this one's exponentials are computed from cache.
 
-    float64 rows of unit stride on AVX-512 go to :func:`exp_sum_max` in
-    parts (:func:`_table_sumexp`).  Others: runs of :data:`ACC_RUN`
+    Rows of unit stride on AVX-512 go to :func:`exp_sum_max` in parts
+    (:func:`_table_sumexp`).  Others: runs of :data:`ACC_RUN`
     exponentials go to a stack buffer and are summed by :func:`ordered_sum`
     (in the row's type, in a fixed order); runs add up in float64.  The
     fixed order lets float64 exponentials take Horner's scheme (see
