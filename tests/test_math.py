@@ -25,6 +25,7 @@ from fastmax._kernels._math import (
     exp,
     exp_bound,
     exp_bounded,
+    exp_bounded_store,
     exp_nonpos,
     exp_sum_max,
     exp_term,
@@ -32,7 +33,9 @@ from fastmax._kernels._math import (
     is_single,
     log_pos,
     log_pos32,
+    log_pos32_wide,
     magnitude_bits,
+    magnitude_key,
     ordered_dot,
     ordered_sum,
     prefetch,
@@ -675,3 +678,80 @@ def test_exp_sum_max_order_is_fixed(dtype):
     while lanes.size > 1:
         lanes = lanes[: lanes.size // 2] + lanes[lanes.size // 2 :]
     assert results == {lanes[0]}
+
+
+@njit(cache=False)
+def _log_wide_loop(x, out):
+    for i in range(x.size):
+        out[i] = log_pos32_wide(x[i])
+
+
+def test_log_pos32_wide_error_is_absolute_and_small():
+    """log_pos32_wide (float32 in, float64 out) over the positive normal
+    float32 range: within 4e-8 of the float64 log whatever the log's size
+    (the error of log(1 + f) in float32, no more), where log_pos32 is only
+    relatively accurate."""
+    info = np.finfo(np.float32)
+    x = np.concatenate(
+        [
+            np.geomspace(info.tiny, info.max, 1_000_001, dtype=np.float32),
+            np.random.default_rng(0).uniform(0.5, 4.0, 100_000).astype(np.float32),
+            np.float32([1.0, 2.0, 0.5, np.sqrt(2), 1 + info.eps, 1 - info.epsneg]),
+        ]
+    )
+    got = np.empty(x.size)
+    _log_wide_loop(x, got)
+    err = np.abs(got - np.log(x.astype(np.float64)))
+    assert err.max() <= 4e-8, err.max()
+    assert got[x.size - 6] == 0.0  # log(1) exactly
+
+
+@njit(fastmath=FASTMATH, cache=False)
+def _exp_bounded_store_call(x, scale, out):
+    return exp_bounded_store(x, scale, out)
+
+
+@njit(fastmath=FASTMATH, cache=False)
+def _magnitude_keys(x, out):
+    for i in range(x.size):
+        out[i] = magnitude_key(x[i])
+
+
+@needs_table_exp
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("scale", [1.0, 0.5])
+def test_exp_bounded_store_within_ulp_and_its_key(dtype, scale):
+    """The table's exp_bounded: within ULP of NumPy's over the whole bound
+    (positive arguments too), every result normal, and the returned key the
+    largest magnitude_key of the arguments (NaN's above any bound)."""
+    bound = float(exp_bound(dtype(0)))
+    x = np.concatenate(
+        [
+            np.linspace(-bound, bound, 1_000_001),
+            np.random.default_rng(0).uniform(-1.0, 1.0, 100_003),
+            [0.0, -0.0, bound, -bound],
+        ]
+    ).astype(dtype)
+    arg = (x / dtype(scale)).astype(dtype)
+    out = np.full(x.size + 5, 7.0, dtype)
+    key = _exp_bounded_store_call(arg, dtype(scale), out)
+    assert np.all(out[x.size :] == 7.0)  # nothing written past the end
+    got = out[: x.size]
+    ref = np.exp(arg * dtype(scale))
+    ulps = np.abs(got - ref) / np.spacing(ref)
+    assert ulps.max() <= ULP[dtype], ulps.max()
+    assert got.min() >= np.finfo(dtype).tiny
+    keys = np.empty(x.size, np.int32 if dtype == np.float32 else np.float64)
+    _magnitude_keys((arg * dtype(scale)).astype(dtype), keys)
+    assert key == keys.max()
+    for bad in (np.nan, -np.inf, 2 * bound):
+        for k in (0, 17, x.size - 1):
+            y = arg.copy()
+            y[k] = bad
+            k_bad = _exp_bounded_store_call(y, dtype(scale), out)
+            expect = np.empty(1, keys.dtype)
+            _magnitude_keys(np.array([bad * scale], dtype), expect)
+            if dtype == np.float64 and np.isnan(bad):
+                assert np.isnan(k_bad)
+            else:
+                assert k_bad == expect[0]

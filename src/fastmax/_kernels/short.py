@@ -42,6 +42,7 @@ from ._math import (
     like,
     log_pos,
     log_positive,
+    log_wide,
     magnitude_key,
     ordered_sum,
     prefetch_for_write,
@@ -359,6 +360,17 @@ def softmax_short_rows(x, out, scale, log, n_tasks):
         softmax_rows_cached_block(x, out, scale, log, n_blocks * rows_per_block, n_rows)
 
 
+@njit(fastmath=FASTMATH, inline="always", **JIT)
+def log_of_sum(s, out):
+    """``log(s)`` of a block's row sum for an element of ``out``: into
+    float32 by :func:`log_pos32`, into float64 (the cross-entropy's parts
+    of float32 sums) by :func:`log_wide`, as accurate as the sum, without
+    a division."""
+    if is_single(out):
+        return log_positive(s)
+    return like(log_wide(s), out[0])
+
+
 @njit(fastmath=FASTMATH, **JIT)
 def _rows_logsumexp(x, r0, scale, out):
     """``out[i] = logsumexp(x[r0 + i] * scale)`` by the row kernels' rules (rows
@@ -384,7 +396,7 @@ def _block_logsumexp(x, b, scale, out, ahead):
         sums = stack_array(MAX_BLOCK_ROWS, x[0, 0])[:rows_per_block]
         segment_rows(e, sums, n_cols, SEGMENT_SUM)
         for i in range(rows_per_block):  # in the type of the results
-            out[i] = log_positive(like(sums[i], out[0]))
+            out[i] = log_of_sum(sums[i], out)
     else:
         m = stack_array(BLOCK_ELEMENTS, x[0, 0])
         u = stack_array(BLOCK_ELEMENTS, x[0, 0])

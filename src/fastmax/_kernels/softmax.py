@@ -16,6 +16,7 @@ import math
 
 import numpy as np
 from numba import njit, prange
+from numba.extending import overload
 
 from .._config import EXACT_MATH, FASTMATH, JIT, ORDERED_MATH
 from ._math import (
@@ -24,6 +25,7 @@ from ._math import (
     exp,
     exp_bound,
     exp_bounded,
+    exp_bounded_store,
     exp_nonpos,
     exp_stored,
     exp_term,
@@ -44,6 +46,7 @@ from ._math import (
     stack_array,
     stream_copy,
     stream_fence,
+    table_exp_type,
 )
 from .reduce import (
     ACC_RUN,
@@ -499,13 +502,26 @@ def is_within_bound(worst, scale):
     return worst <= magnitude_key(exp_bound(scale))
 
 
-@njit(fastmath=FASTMATH, inline="always", **JIT)
-def exp_bounded_worst(xf, scale, of, worst):
+def exp_bounded_worst(xf, scale, of, worst):  # pragma: no cover - replaced by the overload
+    of[:] = np.exp(xf * scale)
+    return max(worst, np.abs(xf * scale).max())
+
+
+@overload(exp_bounded_worst, inline="always")
+def _exp_bounded_worst_overload(xf, scale, of, worst):
     """``of = exp_bounded(xf * scale)`` (``of`` not ``xf``) and, in the same
     loop, the max of ``worst`` and the :func:`magnitude_key` of every
     ``xf * scale``: one pass where :func:`within_bound` and then the
     exponentials take two; ``of`` is meaningless unless the result
-    :func:`is_within_bound`."""
+    :func:`is_within_bound`.  Arrays of unit stride on AVX-512 take the
+    table's exponentials (:func:`exp_bounded_store`)."""
+    if table_exp_type(xf) and table_exp_type(of):
+        return lambda xf, scale, of, worst: max_key(worst, exp_bounded_store(xf, scale, of))
+    return lambda xf, scale, of, worst: _exp_bounded_worst_loop(xf, scale, of, worst)
+
+
+@njit(fastmath=FASTMATH, inline="always", **JIT)
+def _exp_bounded_worst_loop(xf, scale, of, worst):
     for k in range(xf.size):
         v = xf[k] * scale
         worst = max_key(worst, magnitude_key(v))
