@@ -1448,18 +1448,8 @@ def _ordered_codegen(n_arrays):
         vec = builder.load(acc)
         if elt != f64:
             vec = builder.fpext(vec, ir.VectorType(f64, lanes))
-        width = lanes
-        while width > 1:  # a fixed tree: halves added lane by lane, in float64
-            half = width // 2
-            low = builder.shuffle_vector(
-                vec, vec, ir.Constant(ir.VectorType(i32, half), list(range(half)))
-            )
-            high = builder.shuffle_vector(
-                vec, vec, ir.Constant(ir.VectorType(i32, half), list(range(half, width)))
-            )
-            vec = builder.fadd(low, high)
-            width = half
-        return builder.extract_element(vec, i32(0))
+        # A fixed tree: halves added lane by lane, in float64.
+        return _lane_halves(builder, vec, builder.fadd)
 
     return codegen
 
@@ -1740,6 +1730,66 @@ def _table_exp_term(builder, spec, v, clamp=True):
     return builder.bitcast(builder.add(builder.bitcast(p, ity), k), vty)
 
 
+def _lane_halves(builder, vec, combine):
+    """Lane 0 of ``vec`` combined with all its other lanes by halves (lanes
+    ``j`` and ``j + half``, ``combine(low, high)``): a fixed tree."""
+    i32 = ir.IntType(32)
+    width = vec.type.count
+    while width > 1:
+        half = width // 2
+        low = ir.Constant(ir.VectorType(i32, half), list(range(half)))
+        high = ir.Constant(ir.VectorType(i32, half), list(range(half, width)))
+        vec = combine(builder.shuffle_vector(vec, vec, low), builder.shuffle_vector(vec, vec, high))
+        width = half
+    return builder.extract_element(vec, i32(0))
+
+
+def _greater(builder, a, b):
+    """The lanewise larger of two float vectors (``a > b ? a : b``)."""
+    return builder.select(builder.fcmp_ordered(">", a, b), a, b)
+
+
+def _nan_if_flagged(builder, nans, value):
+    """NaN (in ``value``'s type) if any lane of the ``<lanes x i1>`` at
+    ``nans`` is set, else ``value``."""
+    lanes = nans.type.pointee.count
+    flags = builder.bitcast(builder.load(nans), ir.IntType(lanes))
+    any_nan = builder.icmp_unsigned("!=", flags, ir.Constant(ir.IntType(lanes), 0))
+    return builder.select(any_nan, ir.Constant(value.type, np.nan), value)
+
+
+def _table_loops(builder, n, lanes, scale, body):
+    """The loops of the table kernels over ``n`` elements: vectors of
+    ``lanes`` by :data:`EXP_SUM_UNROLL` at a time, then one at a time, then
+    the last ``n % lanes`` by a masked vector; each emitted by ``body(starts,
+    mask, scaled)`` (the vectors' first indices; ``mask`` None but for the
+    last).  Twice: ``scaled`` False where ``scale`` (a float IR value) is 1
+    (no temperature: the callers then skip the multiply, off the FMA units
+    the exponentials keep busy), True otherwise."""
+    intp = n.type
+
+    def whole(width):  # n rounded down to a multiple of width
+        return builder.mul(builder.sdiv(n, intp(width)), intp(width))
+
+    step = EXP_SUM_UNROLL * lanes
+    wide, single = whole(step), whole(lanes)
+
+    def loops(scaled):
+        with cgutils.for_range_slice(builder, intp(0), wide, intp(step)) as (i, _):
+            body([builder.add(i, intp(u * lanes)) for u in range(EXP_SUM_UNROLL)], None, scaled)
+        with cgutils.for_range_slice(builder, wide, single, intp(lanes)) as (i, _):
+            body([i], None, scaled)
+        with builder.if_then(builder.icmp_signed("<", single, n)):
+            body([single], _lane_mask(builder, builder.sub(n, single), lanes), scaled)
+
+    unscaled = builder.fcmp_ordered("==", scale, ir.Constant(scale.type, 1.0))
+    with builder.if_else(unscaled, likely=True) as (then, otherwise):
+        with then:
+            loops(False)
+        with otherwise:
+            loops(True)
+
+
 def _exp_sum_max_codegen(context, builder, signature, args):
     xty, nty = signature.args[:2]
     spec = _TABLE_EXPS[xty.dtype]
@@ -1750,12 +1800,10 @@ def _exp_sum_max_codegen(context, builder, signature, args):
     vty = ir.VectorType(elt, lanes)
     bty = ir.VectorType(ir.IntType(1), lanes)
     n = builder.extract_value(xa.shape, 0)
-    intp = n.type
     scale = _splat(builder, args[2], lanes)
     neg_shift = _splat(builder, builder.fneg(args[3]), lanes)
     neg_inf = ir.Constant(vty, [-np.inf] * lanes)
     zeros = ir.Constant(vty, [0.0] * lanes)
-    unroll = EXP_SUM_UNROLL
 
     def ptr(a, i):
         return builder.bitcast(builder.gep(a.data, [i]), vty.as_pointer())
@@ -1767,69 +1815,31 @@ def _exp_sum_max_codegen(context, builder, signature, args):
     top_acc = cgutils.alloca_once_value(builder, neg_inf)
     nans = cgutils.alloca_once_value(builder, ir.Constant(bty, [0] * lanes))
 
-    def step(xv, yv, scaled, keep=None):
-        v = _fma(builder, xv, scale, neg_shift) if scaled else builder.fadd(xv, neg_shift)
-        e = _table_exp_term(builder, spec, v)
-        if keep is not None:
-            e = builder.select(keep, e, zeros)
-        builder.store(builder.fadd(builder.load(acc), e), acc)
-        m = builder.load(top_acc)
-        builder.store(builder.select(builder.fcmp_ordered(">", yv, m), yv, m), top_acc)
-        builder.store(builder.or_(builder.load(nans), builder.fcmp_unordered("uno", yv, yv)), nans)
+    def body(starts, mask, scaled):
+        for start in starts:
+            if mask is None:
+                xv = builder.load(ptr(xa, start), align=1)
+                yv = builder.load(ptr(na, start), align=1)
+            else:  # the other lanes: no term, no max
+                xv = _masked_load(builder, ptr(xa, start), mask)
+                yv = builder.select(mask, _masked_load(builder, ptr(na, start), mask), neg_inf)
+            v = _fma(builder, xv, scale, neg_shift) if scaled else builder.fadd(xv, neg_shift)
+            e = _table_exp_term(builder, spec, v)
+            if mask is not None:
+                e = builder.select(mask, e, zeros)
+            builder.store(builder.fadd(builder.load(acc), e), acc)
+            builder.store(_greater(builder, yv, builder.load(top_acc)), top_acc)
+            nan = builder.fcmp_unordered("uno", yv, yv)
+            builder.store(builder.or_(builder.load(nans), nan), nans)
 
-    def whole(width):  # n rounded down to a multiple of width
-        return builder.mul(builder.sdiv(n, intp(width)), intp(width))
-
-    wide, single = whole(unroll * lanes), whole(lanes)
-
-    def loops(scaled):
-        with cgutils.for_range_slice(builder, intp(0), wide, intp(unroll * lanes)) as (i, _):
-            for u in range(unroll):
-                start = builder.add(i, intp(u * lanes))
-                step(
-                    builder.load(ptr(xa, start), align=1),
-                    builder.load(ptr(na, start), align=1),
-                    scaled,
-                )
-        with cgutils.for_range_slice(builder, wide, single, intp(lanes)) as (i, _):
-            step(builder.load(ptr(xa, i), align=1), builder.load(ptr(na, i), align=1), scaled)
-        with builder.if_then(builder.icmp_signed("<", single, n)):
-            mask = _lane_mask(builder, builder.sub(n, single), lanes)
-            xv = _masked_load(builder, ptr(xa, single), mask)
-            yv = builder.select(mask, _masked_load(builder, ptr(na, single), mask), neg_inf)
-            step(xv, yv, scaled, mask)
-
-    # Unscaled (scale 1, no temperature), x - shift is an add, off the
-    # FMA units the exponentials keep busy.
-    unscaled = builder.fcmp_ordered("==", args[2], ir.Constant(elt, 1.0))
-    with builder.if_else(unscaled, likely=True) as (then, otherwise):
-        with then:
-            loops(False)
-        with otherwise:
-            loops(True)
+    _table_loops(builder, n, lanes, args[2], body)
     # The lanes, added by halves in float64 (a fixed tree).
-    f64 = ir.DoubleType()
-    vec, mvec = builder.load(acc), builder.load(top_acc)
-    if elt != f64:
-        vec = builder.fpext(vec, ir.VectorType(f64, lanes))
-    i32 = ir.IntType(32)
-    width = lanes
-    while width > 1:
-        half = width // 2
-        low_ix = ir.Constant(ir.VectorType(i32, half), list(range(half)))
-        high_ix = ir.Constant(ir.VectorType(i32, half), list(range(half, width)))
-        vec = builder.fadd(
-            builder.shuffle_vector(vec, vec, low_ix), builder.shuffle_vector(vec, vec, high_ix)
-        )
-        a = builder.shuffle_vector(mvec, mvec, low_ix)
-        b = builder.shuffle_vector(mvec, mvec, high_ix)
-        mvec = builder.select(builder.fcmp_ordered(">", a, b), a, b)
-        width = half
-    total = builder.extract_element(vec, i32(0))
-    top = builder.extract_element(mvec, i32(0))
-    flags = builder.bitcast(builder.load(nans), ir.IntType(lanes))
-    any_nan = builder.icmp_unsigned("!=", flags, ir.Constant(ir.IntType(lanes), 0))
-    top = builder.select(any_nan, ir.Constant(elt, np.nan), top)
+    vec = builder.load(acc)
+    if elt != ir.DoubleType():
+        vec = builder.fpext(vec, ir.VectorType(ir.DoubleType(), lanes))
+    total = _lane_halves(builder, vec, builder.fadd)
+    top = _lane_halves(builder, builder.load(top_acc), lambda a, b: _greater(builder, a, b))
+    top = _nan_if_flagged(builder, nans, top)
     return context.make_tuple(builder, signature.return_type, [total, top])
 
 
@@ -1853,7 +1863,6 @@ def _exp_bounded_store_codegen(context, builder, signature, args):
     ity = ir.VectorType(ir.IntType(spec.bits), lanes)
     bty = ir.VectorType(ir.IntType(1), lanes)
     n = builder.extract_value(xa.shape, 0)
-    intp = n.type
     scale = _splat(builder, args[1], lanes)
     single_key = spec.bits == 32
     zero_key = ir.Constant(ity, [0] * lanes) if single_key else ir.Constant(vty, [0.0] * lanes)
@@ -1864,62 +1873,33 @@ def _exp_bounded_store_codegen(context, builder, signature, args):
     def ptr(a, i):
         return builder.bitcast(builder.gep(a.data, [i]), vty.as_pointer())
 
+    def larger_key(a, b):
+        if single_key:  # NaN's bits are above +inf's
+            return builder.select(builder.icmp_signed(">", a, b), a, b)
+        return _greater(builder, a, b)
+
     def step(xv, scaled):
         v = builder.fmul(xv, scale) if scaled else xv
         key = builder.and_(builder.bitcast(v, ity), magnitude)  # |v|'s bits
-        w = builder.load(worst)
-        if single_key:  # NaN's bits are above +inf's
-            builder.store(builder.select(builder.icmp_signed(">", key, w), key, w), worst)
-        else:
-            a = builder.bitcast(key, vty)
-            builder.store(builder.select(builder.fcmp_ordered(">", a, w), a, w), worst)
+        if not single_key:
+            key = builder.bitcast(key, vty)
             nan = builder.fcmp_unordered("uno", v, v)
             builder.store(builder.or_(builder.load(nans), nan), nans)
+        builder.store(larger_key(key, builder.load(worst)), worst)
         return _table_exp_term(builder, spec, v, clamp=False)
 
-    def whole(width):  # n rounded down to a multiple of width
-        return builder.mul(builder.sdiv(n, intp(width)), intp(width))
-
-    unroll = EXP_SUM_UNROLL
-    wide, single = whole(unroll * lanes), whole(lanes)
-
-    def loops(scaled):
-        with cgutils.for_range_slice(builder, intp(0), wide, intp(unroll * lanes)) as (i, _):
-            starts = [builder.add(i, intp(u * lanes)) for u in range(unroll)]
+    def body(starts, mask, scaled):
+        if mask is None:  # all loads, then the stores
             values = [step(builder.load(ptr(xa, k), align=1), scaled) for k in starts]
             for k, value in zip(starts, values, strict=True):
                 builder.store(value, ptr(oa, k), align=1)
-        with cgutils.for_range_slice(builder, wide, single, intp(lanes)) as (i, _):
-            builder.store(step(builder.load(ptr(xa, i), align=1), scaled), ptr(oa, i), align=1)
-        with builder.if_then(builder.icmp_signed("<", single, n)):
-            mask = _lane_mask(builder, builder.sub(n, single), lanes)
-            value = step(_masked_load(builder, ptr(xa, single), mask), scaled)
-            _masked_store(builder, value, ptr(oa, single), mask)
+        else:  # the other lanes' arguments are 0: key 0, nothing stored
+            value = step(_masked_load(builder, ptr(xa, starts[0]), mask), scaled)
+            _masked_store(builder, value, ptr(oa, starts[0]), mask)
 
-    unscaled = builder.fcmp_ordered("==", args[1], ir.Constant(elt, 1.0))
-    with builder.if_else(unscaled, likely=True) as (then, otherwise):
-        with then:
-            loops(False)
-        with otherwise:
-            loops(True)
-    vec = builder.load(worst)
-    i32 = ir.IntType(32)
-    width = lanes
-    while width > 1:  # the lanes' max
-        half = width // 2
-        low_ix = ir.Constant(ir.VectorType(i32, half), list(range(half)))
-        high_ix = ir.Constant(ir.VectorType(i32, half), list(range(half, width)))
-        a = builder.shuffle_vector(vec, vec, low_ix)
-        b = builder.shuffle_vector(vec, vec, high_ix)
-        above = builder.icmp_signed(">", a, b) if single_key else builder.fcmp_ordered(">", a, b)
-        vec = builder.select(above, a, b)
-        width = half
-    top = builder.extract_element(vec, i32(0))
-    if single_key:
-        return top
-    flags = builder.bitcast(builder.load(nans), ir.IntType(lanes))
-    any_nan = builder.icmp_unsigned("!=", flags, ir.Constant(ir.IntType(lanes), 0))
-    return builder.select(any_nan, ir.Constant(elt, np.nan), top)
+    _table_loops(builder, n, lanes, args[1], body)
+    top = _lane_halves(builder, builder.load(worst), larger_key)
+    return top if single_key else _nan_if_flagged(builder, nans, top)
 
 
 @intrinsic
@@ -1951,9 +1931,9 @@ def _exp_bounded_store_overload(x, scale, out):
 
 
 def table_exp_type(ty) -> bool:
-    """Whether :func:`exp_sum_max` takes arrays of the Numba type ``ty``
-    (1-D float32 or float64 of unit stride) on this target (AVX-512): for
-    overloads choosing their implementation."""
+    """Whether :func:`exp_sum_max` and :func:`exp_bounded_store` take arrays
+    of the Numba type ``ty`` (1-D float32 or float64 of unit stride) on this
+    target (AVX-512): for overloads choosing their implementation."""
     return (
         TABLE_EXP
         and isinstance(ty, types.Array)
