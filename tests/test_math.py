@@ -21,14 +21,17 @@ from fastmax._kernels._math import (
     SUM_LANES,
     TABLE_EXP,
     VECTOR_BYTES,
+    column_exp_add,
     data_address,
     exp,
     exp_bound,
     exp_bounded,
     exp_bounded_store,
     exp_nonpos,
+    exp_stored,
     exp_sum_max,
     exp_term,
+    exp_write,
     fmaximum,
     is_single,
     log_pos,
@@ -755,3 +758,125 @@ def test_exp_bounded_store_within_ulp_and_its_key(dtype, scale):
                 assert np.isnan(k_bad)
             else:
                 assert k_bad == expect[0]
+
+
+@njit(fastmath=FASTMATH, cache=False)
+def _column_exp_add_call(x, nxt, scale, shift, part, top):
+    """column_exp_add of one row or of four (the rows of ``x``), with the
+    rows of ``nxt`` (as many, or none when ``nxt`` has no rows)."""
+    if x.shape[0] == 1:
+        if nxt.shape[0] == 0:
+            column_exp_add((x[0],), (), scale, shift, part, top)
+        else:
+            column_exp_add((x[0],), (nxt[0],), scale, shift, part, top)
+    else:
+        rows = (x[0], x[1], x[2], x[3])
+        column_exp_add(rows, (nxt[0], nxt[1], nxt[2], nxt[3]), scale, shift, part, top)
+
+
+@needs_table_exp
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [1, 7, 8, 9, 16, 17, 33, 100, 1000])
+@pytest.mark.parametrize("scale", [1.0, 0.5])
+@pytest.mark.parametrize("n_rows", [1, 4])
+def test_column_exp_add_terms_order_and_max(dtype, n, scale, n_rows):
+    """Each column's sum gets exp_sum_max's own terms of its rows (the same
+    table exponential), added as (a + b) + (c + d) and then to the column's
+    sum, in the data's type: the same bits; its max the NaN-propagating max
+    of the next rows.  Nothing past ``part.size`` is read or written."""
+    rng = np.random.default_rng(n * n_rows)
+    width = n + 5  # rows longer than part: the columns after n are not read
+    x = (rng.standard_normal((n_rows, width)) * 4).astype(dtype)
+    x[:, n:] = np.nan
+    nxt = rng.standard_normal((n_rows, width)).astype(dtype)
+    nxt[:, n:] = 1e30
+    shift = np.full(width, np.nan, dtype)
+    shift[:n] = (x[:, :n].max(axis=0) * dtype(scale)).astype(dtype)
+    shift[0] = x[0, 0] * dtype(-scale)  # terms above 1 too
+    part = np.full(width, -5.0, dtype)
+    part[:n] = rng.uniform(0.0, 3.0, n).astype(dtype)
+    top = np.full(width, -7.0, dtype)
+    top[:n] = rng.standard_normal(n).astype(dtype)
+    terms = np.empty((n_rows, n))
+    for r in range(n_rows):
+        for j in range(n):
+            one = x[r, j : j + 1]
+            terms[r, j] = _exp_sum_max_call(one, one, dtype(scale), shift[j])[0]
+    terms = terms.astype(dtype)
+    added = terms[0] if n_rows == 1 else (terms[0] + terms[1]) + (terms[2] + terms[3])
+    expect_part = part.copy()
+    expect_part[:n] += added
+    expect_top = top.copy()
+    expect_top[:n] = np.maximum(top[:n], nxt[:, :n].max(axis=0))
+    _column_exp_add_call(x, nxt, dtype(scale), shift[:n], part[:n], top[:n])
+    np.testing.assert_array_equal(part, expect_part)
+    np.testing.assert_array_equal(top, expect_top)
+    for k in {0, n // 2, n - 1}:  # NaN in any of the next rows reaches the max
+        bad = nxt.copy()
+        bad[n_rows - 1, k] = np.nan
+        t = top.copy()
+        _column_exp_add_call(x, bad, dtype(scale), shift[:n], part[:n], t[:n])
+        assert np.isnan(t[k]) and not np.isnan(np.delete(t[:n], k)).any()
+    if n_rows == 1:  # without next rows the max is left alone
+        t = top.copy()
+        _column_exp_add_call(x, nxt[:0], dtype(scale), shift[:n], part[:n], t[:n])
+        np.testing.assert_array_equal(t, top)
+
+
+@njit(fastmath=FASTMATH, cache=False)
+def _exp_write_call(x, out, scale, shift, factor):
+    exp_write(x, out, scale, shift, factor)
+
+
+@njit(fastmath=FASTMATH, cache=False)
+def _exp_stored_loop(x, out):
+    for i in range(x.size):
+        out[i] = exp_stored(x[i])
+
+
+@needs_table_exp
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("scale", [1.0, 0.5])
+@pytest.mark.parametrize("shift", [1.25, -3.5])
+def test_exp_write_within_ulp_and_exact_below_the_table(dtype, scale, shift):
+    """exp_write: within ULP of NumPy over the table's range, and below it
+    (subnormal results, 0, -inf) exp_stored's own values, in vectors whose
+    other lanes are in range; in place the same values; nothing written past
+    the end."""
+    info = np.finfo(dtype)
+    lo = -86.0 if dtype == np.float32 else -700.0
+    rng = np.random.default_rng(0)
+    v = np.concatenate(
+        [
+            np.linspace(lo, 0.0, 1_000_001),
+            rng.uniform(-1.0, 0.0, 100_003),
+            [0.0, -0.0, lo, -info.eps],
+        ]
+    )
+    # Below the table, each beside arguments within it: a normal result, a
+    # subnormal one, one that rounds to 0, -inf.
+    low = {5: lo - 3.0, 40: np.log(info.smallest_subnormal) + 0.3, 1000: 2 * lo, 41: -np.inf}
+    for k, value in low.items():
+        v[k] = value
+    n = v.size
+    shift, factor = dtype(shift), dtype(0.75)
+    x = ((v + shift) / scale).astype(dtype)
+    # The kernel's argument: x * scale is exact (scale a power of 2), so its
+    # one FMA rounds as this does.
+    arg = x * dtype(scale) - shift
+    out = np.full(n + 5, 7.0, dtype)
+    _exp_write_call(x, out, dtype(scale), shift, factor)
+    assert np.all(out[n:] == 7.0)
+    got = out[:n]
+    below = arg < lo
+    assert set(np.flatnonzero(below)) == set(low)
+    exact = np.empty(n, dtype)
+    _exp_stored_loop(arg, exact)
+    np.testing.assert_array_equal(got[below], (exact * factor)[below])
+    assert got[41] == 0.0 and 0.0 < got[40] < info.tiny
+    ref = np.exp(arg[~below].astype(np.float64)) * factor
+    ulps = np.abs(got[~below] - ref) / np.spacing(ref.astype(dtype))
+    assert ulps.max() <= ULP[dtype] + 1, ulps.max()
+    y = x.copy()
+    _exp_write_call(y, y, dtype(scale), shift, factor)
+    np.testing.assert_array_equal(y, got)

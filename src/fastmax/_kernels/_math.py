@@ -1758,9 +1758,9 @@ def _nan_if_flagged(builder, nans, value):
     return builder.select(any_nan, ir.Constant(value.type, np.nan), value)
 
 
-def _table_loops(builder, n, lanes, scale, body):
+def _table_loops(builder, n, lanes, scale, body, unroll=EXP_SUM_UNROLL):
     """The loops of the table kernels over ``n`` elements: vectors of
-    ``lanes`` by :data:`EXP_SUM_UNROLL` at a time, then one at a time, then
+    ``lanes`` by ``unroll`` at a time, then one at a time, then
     the last ``n % lanes`` by a masked vector; each emitted by ``body(starts,
     mask, scaled)`` (the vectors' first indices; ``mask`` None but for the
     last).  Twice: ``scaled`` False where ``scale`` (a float IR value) is 1
@@ -1771,14 +1771,15 @@ def _table_loops(builder, n, lanes, scale, body):
     def whole(width):  # n rounded down to a multiple of width
         return builder.mul(builder.sdiv(n, intp(width)), intp(width))
 
-    step = EXP_SUM_UNROLL * lanes
+    step = unroll * lanes
     wide, single = whole(step), whole(lanes)
 
     def loops(scaled):
         with cgutils.for_range_slice(builder, intp(0), wide, intp(step)) as (i, _):
-            body([builder.add(i, intp(u * lanes)) for u in range(EXP_SUM_UNROLL)], None, scaled)
-        with cgutils.for_range_slice(builder, wide, single, intp(lanes)) as (i, _):
-            body([i], None, scaled)
+            body([builder.add(i, intp(u * lanes)) for u in range(unroll)], None, scaled)
+        if unroll > 1:
+            with cgutils.for_range_slice(builder, wide, single, intp(lanes)) as (i, _):
+                body([i], None, scaled)
         with builder.if_then(builder.icmp_signed("<", single, n)):
             body([single], _lane_mask(builder, builder.sub(n, single), lanes), scaled)
 
@@ -1927,6 +1928,202 @@ def _exp_bounded_store_overload(x, scale, out):
     if table_exp_type(x):
         dt = x.dtype
         return lambda x, scale, out: _exp_bounded_store_avx512(x, dt(scale), out[: x.size])
+    return None
+
+
+def _fadd_in_order(builder, a, b):
+    """``a + b`` that LLVM may not reassociate: flagged ``contract`` (which
+    no add here can use), since Numba's fastmath pass gives its flags, and
+    with them ``reassoc``, to the float instructions that have none."""
+    return builder.fadd(a, b, flags=("contract",))
+
+
+def _column_exp_add_codegen(context, builder, signature, args):
+    rows_ty, nexts_ty, _, shift_ty, part_ty, top_ty = signature.args
+    spec = _TABLE_EXPS[part_ty.dtype]
+    elt = spec.float_type()
+    lanes = spec.lanes
+    vty = ir.VectorType(elt, lanes)
+
+    def arrays(tuple_ty, value):
+        return [
+            context.make_array(ty)(context, builder, a)
+            for ty, a in zip(tuple_ty, cgutils.unpack_tuple(builder, value), strict=True)
+        ]
+
+    rows, nexts = arrays(rows_ty, args[0]), arrays(nexts_ty, args[1])
+    shift_a = context.make_array(shift_ty)(context, builder, args[3])
+    part_a = context.make_array(part_ty)(context, builder, args[4])
+    top_a = context.make_array(top_ty)(context, builder, args[5])
+    n = builder.extract_value(part_a.shape, 0)
+    scale = _splat(builder, args[2], lanes)
+
+    def ptr(a, i):
+        return builder.bitcast(builder.gep(a.data, [i]), vty.as_pointer())
+
+    def load(a, start, mask):  # masked: the other lanes 0, not read
+        if mask is None:
+            return builder.load(ptr(a, start), align=1)
+        return _masked_load(builder, ptr(a, start), mask)
+
+    def store(value, a, start, mask):
+        if mask is None:
+            builder.store(value, ptr(a, start), align=1)
+        else:
+            _masked_store(builder, value, ptr(a, start), mask)
+
+    def pairwise(values, combine):  # (a + b) + (c + d): the scalar loops' order
+        while len(values) > 1:
+            values = [combine(values[k], values[k + 1]) for k in range(0, len(values), 2)]
+        return values[0]
+
+    maximum = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(vty, [vty, vty]), f"llvm.maximum.{_vector_suffix(vty)}"
+    )
+
+    def body(starts, mask, scaled):
+        for start in starts:
+            neg_shift = builder.fneg(load(shift_a, start, mask))
+            terms = []
+            for row in rows:
+                xv = load(row, start, mask)
+                v = _fma(builder, xv, scale, neg_shift) if scaled else builder.fadd(xv, neg_shift)
+                terms.append(_table_exp_term(builder, spec, v))
+            total = pairwise(terms, lambda a, b: _fadd_in_order(builder, a, b))
+            total = _fadd_in_order(builder, load(part_a, start, mask), total)
+            store(total, part_a, start, mask)
+            if nexts:
+                values = [load(a, start, mask) for a in nexts]
+                top = pairwise(values, lambda a, b: builder.call(maximum, [a, b]))
+                top = builder.call(maximum, [load(top_a, start, mask), top])
+                store(top, top_a, start, mask)
+
+    _table_loops(builder, n, lanes, args[2], body, unroll=1 if len(rows) > 2 else 2)
+    return context.get_dummy_value()
+
+
+@intrinsic
+def _column_exp_add_avx512(typingctx, rows, nexts, scale, shift, part, top):
+    if not (isinstance(rows, types.UniTuple) and isinstance(nexts, types.BaseTuple)):
+        return None
+    arrays = [*rows, *nexts, shift, part, top]
+    if not all(table_exp_type(a) and a.dtype == part.dtype for a in arrays):
+        return None
+    if len(nexts) not in (0, len(rows)) or len(rows) & (len(rows) - 1) or scale != part.dtype:
+        return None
+    return types.none(rows, nexts, scale, shift, part, top), _column_exp_add_codegen
+
+
+def column_exp_add(rows, nexts, scale, shift, part, top):  # pragma: no cover - the overload
+    part += sum(np.exp(r * scale - shift) for r in rows)
+    for r in nexts:
+        np.fmax(top, r, out=top)
+
+
+@overload(column_exp_add, inline="always")
+def _column_exp_add_overload(rows, nexts, scale, shift, part, top):
+    """For each column ``j < part.size``: ``part[j] +=`` the sum of
+    ``exp_term(row[j] * scale - shift[j])`` over the ``rows`` (a tuple of
+    1, 2 or 4 arrays; pairs added first, as ``(a + b) + (c + d)``) and
+    ``top[j]`` = the NaN-propagating max of itself and the ``nexts``'
+    ``[j]`` (an empty tuple, or as many arrays as ``rows``), by the table
+    exponential across columns.  Every array at least ``part.size`` long
+    (not checked).  For arrays :func:`table_exp_type` takes (callers test
+    it first); the column kernels' sums of exponentials."""
+    if table_exp_type(part):
+        dt = part.dtype
+        return lambda rows, nexts, scale, shift, part, top: _column_exp_add_avx512(
+            rows, nexts, dt(scale), shift, part, top
+        )
+    return None
+
+
+def _exp_write_codegen(context, builder, signature, args):
+    xty, oty = signature.args[:2]
+    spec = _TABLE_EXPS[xty.dtype]
+    elt = spec.float_type()
+    lanes = spec.lanes
+    vty = ir.VectorType(elt, lanes)
+    xa = context.make_array(xty)(context, builder, args[0])
+    oa = context.make_array(oty)(context, builder, args[1])
+    n = builder.extract_value(xa.shape, 0)
+    scale = _splat(builder, args[2], lanes)
+    neg_shift = _splat(builder, builder.fneg(args[3]), lanes)
+    factor = _splat(builder, args[4], lanes)
+    lo = ir.Constant(vty, [spec.lo] * lanes)
+    i32 = ir.IntType(32)
+    sig = xty.dtype(xty.dtype)
+
+    def ptr(a, i):
+        return builder.bitcast(builder.gep(a.data, [i]), vty.as_pointer())
+
+    def load(a, start, mask):  # masked: the other lanes 0, not read
+        if mask is None:
+            return builder.load(ptr(a, start), align=1)
+        return _masked_load(builder, ptr(a, start), mask)
+
+    def exact(v):  # exp_stored of each lane: below the table's range
+        out = v
+        for lane in range(lanes):
+            e = context.compile_internal(
+                builder, lambda v: exp_stored(v), sig, [builder.extract_element(v, i32(lane))]
+            )
+            out = builder.insert_element(out, e, i32(lane))
+        return out
+
+    result = cgutils.alloca_once(builder, vty)
+
+    def term(start, mask, scaled):
+        xv = load(xa, start, mask)
+        v = _fma(builder, xv, scale, neg_shift) if scaled else builder.fadd(xv, neg_shift)
+        builder.store(_table_exp_term(builder, spec, v, clamp=False), result)
+        below = builder.fcmp_ordered("<", v, lo)
+        any_below = builder.icmp_unsigned(
+            "!=", builder.bitcast(below, ir.IntType(lanes)), ir.IntType(lanes)(0)
+        )
+        with builder.if_then(any_below, likely=False):
+            e = builder.load(result)
+            builder.store(builder.select(below, exact(v), e), result)
+        return builder.fmul(builder.load(result), factor)
+
+    def body(starts, mask, scaled):
+        if mask is None:  # all loads, then the stores
+            values = [term(k, None, scaled) for k in starts]
+            for k, value in zip(starts, values, strict=True):
+                builder.store(value, ptr(oa, k), align=1)
+        else:
+            _masked_store(builder, term(starts[0], mask, scaled), ptr(oa, starts[0]), mask)
+
+    _table_loops(builder, n, lanes, args[2], body)
+    return context.get_dummy_value()
+
+
+@intrinsic
+def _exp_write_avx512(typingctx, x, out, scale, shift, factor):
+    if not (table_exp_type(x) and table_exp_type(out) and x.dtype == out.dtype):
+        return None
+    if not (scale == x.dtype and shift == x.dtype and factor == x.dtype):
+        return None
+    return types.none(x, out, scale, shift, factor), _exp_write_codegen
+
+
+def exp_write(x, out, scale, shift, factor):  # pragma: no cover - replaced by the overload
+    out[:] = np.exp(x * scale - shift) * factor
+
+
+@overload(exp_write, inline="always")
+def _exp_write_overload(x, out, scale, shift, factor):
+    """``out = exp_stored(x * scale - shift) * factor`` (arguments <= 0 or
+    NaN, as :func:`exp_stored`'s; ``shift`` and ``factor`` scalars) by the
+    table's exponential, and for a vector with some argument below the
+    table's range (-700, float32 -86) by :func:`exp_stored` lane by lane.
+    ``out`` may be ``x`` (each vector is loaded before it is stored).  For
+    arrays :func:`table_exp_type` takes (callers test it first)."""
+    if table_exp_type(x) and table_exp_type(out):
+        dt = x.dtype
+        return lambda x, out, scale, shift, factor: _exp_write_avx512(
+            x, out[: x.size], dt(scale), dt(shift), dt(factor)
+        )
     return None
 
 

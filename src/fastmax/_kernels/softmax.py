@@ -15,12 +15,13 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
 from numba.extending import overload
 
 from .._config import EXACT_MATH, FASTMATH, JIT, ORDERED_MATH
 from ._math import (
     at,
+    column_exp_add,
     data_address,
     exp,
     exp_bound,
@@ -29,6 +30,7 @@ from ._math import (
     exp_nonpos,
     exp_stored,
     exp_term,
+    exp_write,
     flat_view,
     fmaximum,
     is_c_contiguous,
@@ -122,7 +124,7 @@ def _exp_write_bounded(x, out, scale, shift, factor):
 
 
 @njit(fastmath=EXACT_MATH, inline="always", **JIT)
-def _exp_write(x, out, scale, shift, factor):
+def _exp_write_loops(x, out, scale, shift, factor):
     """``out = exp(x*scale - shift) * factor``.  Into another array, by
     :func:`exp_bounded`, testing the bound as it goes (as in logits whose
     range is under 80 in float32 or 700 in float64), and again by
@@ -137,6 +139,28 @@ def _exp_write(x, out, scale, shift, factor):
         _exp_write_exact(out, out, scale, shift, factor)
     elif _exp_write_bounded(x, out, scale, shift, factor):
         _exp_write_exact(x, out, scale, shift, factor)
+
+
+def _exp_write(x, out, scale, shift, factor):  # pragma: no cover - replaced by the overload
+    out[:] = np.exp(x * scale - shift) * factor
+
+
+@overload(_exp_write)
+def _exp_write_overload(x, out, scale, shift, factor):
+    """``out = exp(x*scale - shift) * factor``.  A row's write (``shift`` and
+    ``factor`` scalars) of unit stride on AVX-512 by the table's exponential
+    (:func:`exp_write`, in place or not; arguments below its range lane by
+    lane by :func:`exp_stored`).  Softmax of 128 x 262144 float64,
+    same-process rounds: 2.73 -> 2.45 and 3.95 -> 3.65 read floors in two
+    runs, equal in a third; 1 x 32M 3.93 -> 3.82; 2048 x 32000 no change.
+    Others by :func:`_exp_write_loops`: along axis 0 (a shift and factor per
+    column) the table's loop measured slower, 4.84 -> 5.15.  Not inlined:
+    inlined into the column drivers' parallel loops Numba warned of
+    variables out of scope."""
+    dt = getattr(x, "dtype", None)
+    if table_exp_type(x) and table_exp_type(out) and out.dtype == dt and shift == factor == dt:
+        return lambda x, out, scale, shift, factor: exp_write(x, out, scale, shift, factor)
+    return lambda x, out, scale, shift, factor: _exp_write_loops(x, out, scale, shift, factor)
 
 
 @njit(fastmath=EXACT_MATH, inline="always", **JIT)
@@ -820,37 +844,66 @@ def _column_block_max(x, i0, i1, block_max):
 
 
 @njit(fastmath=FASTMATH, inline="always", **JIT)
-def _column_sumexp_row(row, scale, shift, part):
-    for j in range(row.size):
+def _column_sumexp_loop(row, scale, shift, part):
+    for j in range(part.size):
         part[j] += exp_term(row[j] * scale - shift[j])
 
 
 @njit(fastmath=FASTMATH, inline="always", **JIT)
-def _column_sumexp_next_max_row(row, nxt, scale, shift, part, next_max):
-    for j in range(row.size):
+def _column_sumexp_next_max_loop(row, nxt, scale, shift, part, next_max):
+    for j in range(part.size):
         part[j] += exp_term(row[j] * scale - shift[j])
         next_max[j] = fmaximum(next_max[j], nxt[j])
 
 
 @njit(fastmath=FASTMATH, inline="always", **JIT)
-def _column_sumexp_next_max_rows4(x, i, k, scale, shift, part, next_max):
-    """:func:`_column_sumexp_next_max_row` of rows ``i:i + 4`` beside rows
-    ``k:k + 4``, in one pass over ``part`` and ``next_max``."""
-    a = x[i]
-    b = x[i + 1]
-    c = x[i + 2]
-    d = x[i + 3]
-    na = x[k]
-    nb = x[k + 1]
-    nc = x[k + 2]
-    nd = x[k + 3]
-    for j in range(a.size):
+def _column_sumexp_next_max_loop4(rows, nexts, scale, shift, part, next_max):
+    a, b, c, d = rows
+    na, nb, nc, nd = nexts
+    for j in range(part.size):
         s = shift[j]
         ab = exp_term(a[j] * scale - s) + exp_term(b[j] * scale - s)
         cd = exp_term(c[j] * scale - s) + exp_term(d[j] * scale - s)
         part[j] += ab + cd
         top = fmaximum(fmaximum(na[j], nb[j]), fmaximum(nc[j], nd[j]))
         next_max[j] = fmaximum(next_max[j], top)
+
+
+def column_sumexp(rows, nexts, scale, shift, part, next_max):  # pragma: no cover - the overload
+    part += sum(np.exp(r * scale - shift) for r in rows)
+    for r in nexts:
+        np.fmax(next_max, r, out=next_max)
+
+
+@overload(column_sumexp, inline="always")
+def _column_sumexp_overload(rows, nexts, scale, shift, part, next_max):
+    """The column kernels' step: ``part[j] +=`` the ``exp_term(row[j] * scale
+    - shift[j])`` of one row or four (``rows``; four as ``(a + b) + (c +
+    d)``), and ``next_max[j]`` the NaN-propagating max of itself and the
+    ``nexts`` (none, or one per row), for every ``j < part.size``.  Four
+    rows a pass load and store ``part`` and ``next_max`` once for the four.
+    Arrays of unit stride on AVX-512 take the table's exponentials
+    (:func:`column_exp_add`): logsumexp along axis 0 of 32768 x 1000,
+    same-process rounds, float32 1.60 -> 1.37 read floors, float64 2.23 ->
+    1.68 (with :func:`whole_column_blocks`)."""
+    arrays = (*rows, *nexts, shift, part, next_max)
+    if all(table_exp_type(a) for a in arrays):
+        return lambda rows, nexts, scale, shift, part, next_max: column_exp_add(
+            rows, nexts, scale, shift, part, next_max
+        )
+    if len(rows) == 4 and len(nexts) == 4:
+        return lambda rows, nexts, scale, shift, part, next_max: _column_sumexp_next_max_loop4(
+            rows, nexts, scale, shift, part, next_max
+        )
+    if len(rows) == 1 and len(nexts) == 1:
+        return lambda rows, nexts, scale, shift, part, next_max: _column_sumexp_next_max_loop(
+            rows[0], nexts[0], scale, shift, part, next_max
+        )
+    if len(rows) == 1 and len(nexts) == 0:
+        return lambda rows, nexts, scale, shift, part, next_max: _column_sumexp_loop(
+            rows[0], scale, shift, part
+        )
+    return None
 
 
 @njit(fastmath=FASTMATH, inline="always", **JIT)
@@ -905,7 +958,8 @@ def column_stats(x, scale, i_lo, i_hi, block_rows, m, total, shift, block_max, p
             for j0 in range(0, n_cols, step):
                 j1 = min(j0 + step, n_cols)
                 prefetch_to_l2(nxt[j0:j1])
-                _column_sumexp_row(x[i, j0:j1], scale, shift[j0:j1], part[j0:j1])
+                sums = part[j0:j1]
+                column_sumexp((x[i, j0:j1],), (), scale, shift[j0:j1], sums, sums)
         for j in range(n_cols):
             total[j] += np.float64(part[j])
 
@@ -915,16 +969,19 @@ def column_stats_next_max(x, scale, i_lo, i_hi, block_rows, m, total, shift, blo
     """:func:`column_stats` with each block's max taken in the exponentials'
     loop of the block before (row ``i`` of a block beside row ``i`` of the
     next), as the row kernels take the next row's, in blocks of half
-    ``block_rows``.  Along axis 0 of 32768 x 1000 float64, the statistics
-    pass took 2.05-2.08 -> 1.88-1.89 read floors (two processes each; whole
-    :func:`column_stats` blocks measured slower, 2.34-2.39, in a prototype
-    where the half took 1.74-1.90).  In float32 the prototype measured
-    1.88-1.98 -> 2.33-2.59: float32 keeps :func:`column_stats`.  Rows go four
-    at a time (:func:`_column_sumexp_next_max_rows4`: one load and store of
-    a column's sum and max for four rows; logsumexp along axis 0 of 32768 x
-    1000 float64, same-process runs, 2.76 -> 2.10 read floors; in float32's
-    :func:`column_stats` four rows a pass ran slower, 1.45 -> 1.66).  ``part``
-    holds twice a row's length (the sums, then the next block's max)."""
+    ``block_rows``: float64 rows without the table's exponentials (see
+    :func:`whole_column_blocks`).  Along axis 0 of 32768 x 1000 float64, the
+    statistics pass took 2.05-2.08 -> 1.88-1.89 read floors (two processes
+    each; whole :func:`column_stats` blocks measured slower, 2.34-2.39, in a
+    prototype where the half took 1.74-1.90).  In float32 the prototype
+    measured 1.88-1.98 -> 2.33-2.59.  Rows go four at a time
+    (:func:`column_sumexp`: one load and store of a column's sum and max for
+    four rows; logsumexp along axis 0 of 32768 x 1000 float64, same-process
+    runs, 2.76 -> 2.10 read floors; in float32's :func:`column_stats` four
+    rows a pass ran slower: 1.45 -> 1.66, and with the table float32 1.65
+    -> 1.86, float64 1.50 -> 1.81).
+    ``part`` holds twice a row's length (the sums, then the next block's
+    max)."""
     n_cols = x.shape[1]
     neg_inf = like(-np.inf, scale)
     sums = part[:n_cols]
@@ -942,17 +999,39 @@ def column_stats_next_max(x, scale, i_lo, i_hi, block_rows, m, total, shift, blo
         n1 = min(i1 + block_rows, i_hi)  # the next block, no longer than this one
         i = i0
         while i + 4 <= i1 and i1 + (i + 4 - i0) <= n1:
-            _column_sumexp_next_max_rows4(x, i, i1 + (i - i0), scale, shift, sums, next_max)
+            k = i1 + (i - i0)
+            rows = (x[i], x[i + 1], x[i + 2], x[i + 3])
+            column_sumexp(rows, (x[k], x[k + 1], x[k + 2], x[k + 3]), scale, shift, sums, next_max)
             i += 4
         for r in range(i, i1):
             k = i1 + (r - i0)
             if k < n1:
-                _column_sumexp_next_max_row(x[r], x[k], scale, shift, sums, next_max)
+                column_sumexp((x[r],), (x[k],), scale, shift, sums, next_max)
             else:
-                _column_sumexp_row(x[r], scale, shift, sums)
+                column_sumexp((x[r],), (), scale, shift, sums, next_max)
         for j in range(n_cols):
             total[j] += np.float64(sums[j])
             block_max[j] = next_max[j]
+
+
+def whole_column_blocks(x):  # pragma: no cover - replaced by the overload in jitted code
+    return True
+
+
+@overload(whole_column_blocks, inline="always")
+def _whole_column_blocks_overload(x):
+    """Whether :func:`column_stats_chunked` takes :func:`column_stats` (whole
+    blocks, each block's max in a pass of its own over the prefetched block)
+    rather than :func:`column_stats_next_max`: float32 always, float64 when
+    its rows take the table's exponentials (C rows on AVX-512).  With the
+    table, logsumexp along axis 0 of 32768 x 1000 float64 took 1.99 -> 1.50
+    read floors and the cross-entropy forward 2.30 -> 1.75 (same-process
+    rounds); without it the exponentials are dearer and the float64
+    measurements of :func:`column_stats_next_max` hold."""
+    whole = x.dtype == types.float32 or (
+        x.layout == "C" and table_exp_type(types.Array(x.dtype, 1, "C"))
+    )
+    return lambda x: whole
 
 
 @njit(fastmath=FASTMATH, **JIT)
@@ -968,14 +1047,14 @@ def column_stats_chunked(x, scale, n_chunks, block_rows):
     n, n_cols = x.shape
     m_parts = np.empty((n_chunks, n_cols), x.dtype)
     total_parts = np.empty((n_chunks, n_cols), np.float64)
-    single = is_single(x)
+    whole = whole_column_blocks(x)
     for c in prange(n_chunks):
         shift = np.empty(n_cols, x.dtype)
         block_max = np.empty(n_cols, x.dtype)
-        part = np.empty(n_cols if single else 2 * n_cols, x.dtype)
+        part = np.empty(n_cols if whole else 2 * n_cols, x.dtype)
         i_lo = c * n // n_chunks
         i_hi = (c + 1) * n // n_chunks
-        if single:
+        if whole:
             column_stats(
                 x, scale, i_lo, i_hi, block_rows, m_parts[c], total_parts[c], shift, block_max, part
             )
