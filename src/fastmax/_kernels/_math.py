@@ -1333,6 +1333,28 @@ def _masked_store(builder, value, ptr, mask):
     builder.call(fn, [value, ptr, i32(1), mask])
 
 
+def _vector_ptr(builder, arr, i, vty):
+    """Pointer to the vector of type ``vty`` at element ``i`` of a 1-D array
+    of unit stride (``arr`` the array's struct)."""
+    return builder.bitcast(builder.gep(arr.data, [i]), vty.as_pointer())
+
+
+def _load_vector(builder, arr, i, vty, mask=None):
+    """The vector at element ``i``; with ``mask``, its masked lanes only
+    (the others 0, their memory not read)."""
+    if mask is None:
+        return builder.load(_vector_ptr(builder, arr, i, vty), align=1)
+    return _masked_load(builder, _vector_ptr(builder, arr, i, vty), mask)
+
+
+def _store_vector(builder, value, arr, i, mask=None):
+    """Store ``value`` at element ``i``; with ``mask``, its masked lanes only."""
+    if mask is None:
+        builder.store(value, _vector_ptr(builder, arr, i, value.type), align=1)
+    else:
+        _masked_store(builder, value, _vector_ptr(builder, arr, i, value.type), mask)
+
+
 def _fma(builder, a, b, c):
     """``a * b + c`` rounded once (vectors of one type)."""
     fn = cgutils.get_or_insert_function(
@@ -1806,9 +1828,6 @@ def _exp_sum_max_codegen(context, builder, signature, args):
     neg_inf = ir.Constant(vty, [-np.inf] * lanes)
     zeros = ir.Constant(vty, [0.0] * lanes)
 
-    def ptr(a, i):
-        return builder.bitcast(builder.gep(a.data, [i]), vty.as_pointer())
-
     # One accumulator of each: the loop is bound by the exponentials'
     # arithmetic, not by the latency of the adds (and more of them took
     # registers the constants need).
@@ -1818,12 +1837,10 @@ def _exp_sum_max_codegen(context, builder, signature, args):
 
     def body(starts, mask, scaled):
         for start in starts:
-            if mask is None:
-                xv = builder.load(ptr(xa, start), align=1)
-                yv = builder.load(ptr(na, start), align=1)
-            else:  # the other lanes: no term, no max
-                xv = _masked_load(builder, ptr(xa, start), mask)
-                yv = builder.select(mask, _masked_load(builder, ptr(na, start), mask), neg_inf)
+            xv = _load_vector(builder, xa, start, vty, mask)
+            yv = _load_vector(builder, na, start, vty, mask)
+            if mask is not None:  # the other lanes: no term, no max
+                yv = builder.select(mask, yv, neg_inf)
             v = _fma(builder, xv, scale, neg_shift) if scaled else builder.fadd(xv, neg_shift)
             e = _table_exp_term(builder, spec, v)
             if mask is not None:
@@ -1871,9 +1888,6 @@ def _exp_bounded_store_codegen(context, builder, signature, args):
     nans = cgutils.alloca_once_value(builder, ir.Constant(bty, [0] * lanes))
     magnitude = ir.Constant(ity, [(1 << (spec.bits - 1)) - 1] * lanes)
 
-    def ptr(a, i):
-        return builder.bitcast(builder.gep(a.data, [i]), vty.as_pointer())
-
     def larger_key(a, b):
         if single_key:  # NaN's bits are above +inf's
             return builder.select(builder.icmp_signed(">", a, b), a, b)
@@ -1890,13 +1904,11 @@ def _exp_bounded_store_codegen(context, builder, signature, args):
         return _table_exp_term(builder, spec, v, clamp=False)
 
     def body(starts, mask, scaled):
-        if mask is None:  # all loads, then the stores
-            values = [step(builder.load(ptr(xa, k), align=1), scaled) for k in starts]
-            for k, value in zip(starts, values, strict=True):
-                builder.store(value, ptr(oa, k), align=1)
-        else:  # the other lanes' arguments are 0: key 0, nothing stored
-            value = step(_masked_load(builder, ptr(xa, starts[0]), mask), scaled)
-            _masked_store(builder, value, ptr(oa, starts[0]), mask)
+        # All loads, then the stores; a masked vector's other lanes have
+        # arguments 0 (key 0) and are not stored.
+        values = [step(_load_vector(builder, xa, k, vty, mask), scaled) for k in starts]
+        for k, value in zip(starts, values, strict=True):
+            _store_vector(builder, value, oa, k, mask)
 
     _table_loops(builder, n, lanes, args[1], body)
     top = _lane_halves(builder, builder.load(worst), larger_key)
@@ -1958,20 +1970,6 @@ def _column_exp_add_codegen(context, builder, signature, args):
     n = builder.extract_value(part_a.shape, 0)
     scale = _splat(builder, args[2], lanes)
 
-    def ptr(a, i):
-        return builder.bitcast(builder.gep(a.data, [i]), vty.as_pointer())
-
-    def load(a, start, mask):  # masked: the other lanes 0, not read
-        if mask is None:
-            return builder.load(ptr(a, start), align=1)
-        return _masked_load(builder, ptr(a, start), mask)
-
-    def store(value, a, start, mask):
-        if mask is None:
-            builder.store(value, ptr(a, start), align=1)
-        else:
-            _masked_store(builder, value, ptr(a, start), mask)
-
     def pairwise(values, combine):  # (a + b) + (c + d): the scalar loops' order
         while len(values) > 1:
             values = [combine(values[k], values[k + 1]) for k in range(0, len(values), 2)]
@@ -1983,20 +1981,20 @@ def _column_exp_add_codegen(context, builder, signature, args):
 
     def body(starts, mask, scaled):
         for start in starts:
-            neg_shift = builder.fneg(load(shift_a, start, mask))
+            neg_shift = builder.fneg(_load_vector(builder, shift_a, start, vty, mask))
             terms = []
             for row in rows:
-                xv = load(row, start, mask)
+                xv = _load_vector(builder, row, start, vty, mask)
                 v = _fma(builder, xv, scale, neg_shift) if scaled else builder.fadd(xv, neg_shift)
                 terms.append(_table_exp_term(builder, spec, v))
             total = pairwise(terms, lambda a, b: _fadd_in_order(builder, a, b))
-            total = _fadd_in_order(builder, load(part_a, start, mask), total)
-            store(total, part_a, start, mask)
+            total = _fadd_in_order(builder, _load_vector(builder, part_a, start, vty, mask), total)
+            _store_vector(builder, total, part_a, start, mask)
             if nexts:
-                values = [load(a, start, mask) for a in nexts]
+                values = [_load_vector(builder, a, start, vty, mask) for a in nexts]
                 top = pairwise(values, lambda a, b: builder.call(maximum, [a, b]))
-                top = builder.call(maximum, [load(top_a, start, mask), top])
-                store(top, top_a, start, mask)
+                top = builder.call(maximum, [_load_vector(builder, top_a, start, vty, mask), top])
+                _store_vector(builder, top, top_a, start, mask)
 
     _table_loops(builder, n, lanes, args[2], body, unroll=1 if len(rows) > 2 else 2)
     return context.get_dummy_value()
@@ -2054,14 +2052,6 @@ def _exp_write_codegen(context, builder, signature, args):
     i32 = ir.IntType(32)
     sig = xty.dtype(xty.dtype)
 
-    def ptr(a, i):
-        return builder.bitcast(builder.gep(a.data, [i]), vty.as_pointer())
-
-    def load(a, start, mask):  # masked: the other lanes 0, not read
-        if mask is None:
-            return builder.load(ptr(a, start), align=1)
-        return _masked_load(builder, ptr(a, start), mask)
-
     def exact(v):  # exp_stored of each lane: below the table's range
         out = v
         for lane in range(lanes):
@@ -2074,7 +2064,7 @@ def _exp_write_codegen(context, builder, signature, args):
     result = cgutils.alloca_once(builder, vty)
 
     def term(start, mask, scaled):
-        xv = load(xa, start, mask)
+        xv = _load_vector(builder, xa, start, vty, mask)
         v = _fma(builder, xv, scale, neg_shift) if scaled else builder.fadd(xv, neg_shift)
         builder.store(_table_exp_term(builder, spec, v, clamp=False), result)
         below = builder.fcmp_ordered("<", v, lo)
@@ -2087,12 +2077,9 @@ def _exp_write_codegen(context, builder, signature, args):
         return builder.fmul(builder.load(result), factor)
 
     def body(starts, mask, scaled):
-        if mask is None:  # all loads, then the stores
-            values = [term(k, None, scaled) for k in starts]
-            for k, value in zip(starts, values, strict=True):
-                builder.store(value, ptr(oa, k), align=1)
-        else:
-            _masked_store(builder, term(starts[0], mask, scaled), ptr(oa, starts[0]), mask)
+        values = [term(k, mask, scaled) for k in starts]  # all loads, then the stores
+        for k, value in zip(starts, values, strict=True):
+            _store_vector(builder, value, oa, k, mask)
 
     _table_loops(builder, n, lanes, args[2], body)
     return context.get_dummy_value()
