@@ -150,3 +150,28 @@ class MaskedInputs:
         return _bench.median_time(lambda: self.fn(self.masked), 7) / _bench.median_time(
             lambda: self.fn(self.plain), 7
         )
+
+
+class CrossEntropyPerSample:
+    """The per-sample losses (``reduction="none"``) cost about what their mean
+    does: time with "none" over the time with "mean" on the same logits and
+    targets, measured in one process (1.0: the losses cost no more than
+    their sum; many short rows are where an array of losses costs most)."""
+
+    params = (DTYPES, ["tall", "classic"])
+    param_names = ["dtype", "shape"]
+    unit = "ratio"
+    timeout = 300
+
+    def setup(self, dtype, shape):
+        import fastmax
+
+        x, axis = _input(shape, dtype)
+        _, target = report.operations()["xent"].inputs(x, axis)
+        self.none = lambda: fastmax.softmax_cross_entropy(x, target, axis=axis, reduction="none")
+        self.mean = lambda: fastmax.softmax_cross_entropy(x, target, axis=axis)
+        self.none()
+        self.mean()
+
+    def track_none_over_mean(self, dtype, shape):
+        return _bench.median_time(self.none, 7) / _bench.median_time(self.mean, 7)

@@ -64,6 +64,16 @@ def test_masked_inputs_benchmark_runs(suite):
         assert bench.track_masked_over_plain(*combo) > 0
 
 
+def test_cross_entropy_per_sample_benchmark_runs(suite):
+    for combo in itertools.product(*suite.CrossEntropyPerSample.params):
+        bench = suite.CrossEntropyPerSample()
+        bench.setup(*combo)
+        losses = bench.none()
+        assert losses.shape == (suite.SHAPES[combo[1]][0][0],)  # one loss per sample
+        assert bench.mean().shape == ()
+        assert bench.track_none_over_mean(*combo) > 0
+
+
 class FakeClock:
     """A stand-in for the ``time`` module in ``fastmax._bench``: calls made
     through :meth:`taking` advance it by the given durations, so the timing

@@ -364,10 +364,11 @@ def test_many_short_rows_reduced_in_one_call(dtype, n_cols, reduction, rng):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("n_cols", [2, 8, 16])
-@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_short_rows_check_their_targets_in_the_pass(dtype, n_cols, reduction, rng):
     """The common call (no weight, smoothing or z-loss) on short rows: one
-    kernel pass that also checks the targets and counts the kept ones.  The
+    kernel pass that also checks the targets and counts the kept ones (or,
+    with "none", writes each sample's loss in the logits' dtype).  The
     loss against the reference, with ignored samples in full blocks and in
     the rows after them, an ``ignore_index`` that is a class, and blocks on
     each path (direct, shifted, row kernels)."""
@@ -383,15 +384,18 @@ def test_short_rows_check_their_targets_in_the_pass(dtype, n_cols, reduction, rn
         ti = np.where(t == -100, ignore, t)
         expected = ref.cross_entropy(x, ti, ignore_index=ignore, reduction=reduction)
         got = fastmax.softmax_cross_entropy(x, ti, ignore_index=ignore, reduction=reduction)
-        assert got.dtype == dtype and got.shape == ()
+        assert got.dtype == dtype and got.shape == (() if reduction != "none" else (n,))
         np.testing.assert_allclose(got, expected, **tol)
+        if reduction == "none":  # the ignored samples' losses are 0
+            assert (got[ti == ignore] == 0).all()
     x[3 * rows_per_block + 4, :] = -np.inf
     with np.errstate(invalid="ignore"):
         expected = ref.cross_entropy(x, t, reduction=reduction)
-    np.testing.assert_allclose(fastmax.softmax_cross_entropy(x, t, reduction=reduction), expected)
+    got = fastmax.softmax_cross_entropy(x, t, reduction=reduction)
+    np.testing.assert_allclose(got, expected, **tol)
     t[:] = -100
     all_ignored = fastmax.softmax_cross_entropy(x, t, reduction=reduction)
-    assert np.isnan(all_ignored) if reduction == "mean" else all_ignored == 0
+    assert np.isnan(all_ignored) if reduction == "mean" else (all_ignored == 0).all()
 
 
 @pytest.mark.parametrize("bad", [8, -1, 2**40, -(2**40), 10**18])

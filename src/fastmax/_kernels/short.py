@@ -444,16 +444,20 @@ def block_count(n_rows: int, n_cols: int) -> int:
 
 @njit(fastmath=FASTMATH, **JIT)
 def _store_parts(pa, pz, part_a, part_z, b, r0, sums):
-    """A block's per-row parts: to ``part_a[r0:]`` (and ``part_z``), or, with
-    ``sums``, their sums to ``part_a[b]`` (:func:`ordered_sum`: a fixed
-    order, so the total does not depend on the number of threads)."""
+    """A block's per-row parts: to ``part_a[r0:]`` (in its own type: a loss
+    per sample can go straight to the result) and to ``part_z``, unless that
+    is empty (no z-loss), or, with ``sums``, their sums to ``part_a[b]``
+    and ``part_z[b]`` (:func:`ordered_sum`: a fixed order, so the total does
+    not depend on the number of threads)."""
     if sums:
         part_a[b] = ordered_sum(pa)
         part_z[b] = ordered_sum(pz)
     else:
         for i in range(pa.size):
             part_a[r0 + i] = pa[i]
-            part_z[r0 + i] = pz[i]
+        if part_z.size:
+            for i in range(pz.size):
+                part_z[r0 + i] = pz[i]
 
 
 @njit(fastmath=FASTMATH, inline="always", **JIT)
