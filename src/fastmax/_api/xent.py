@@ -362,8 +362,10 @@ def _kernel(pb: _Problem, rows, index, probs, part_a, part_z, grad_rows, scale, 
     n_blocks = _row_blocks(rows)
     forward_nll = index is not None and not write and pb.smoothing == 0.0
     if forward_nll and short.fits_rows(rows):
-        # Many short rows: logsumexp with the rows reduced inside vectors.
-        _short_forward(rows, index, pb.weight, pb.ignore_index, False, part_a, part_z)
+        # Many short rows: logsumexp with the rows reduced inside vectors; no
+        # z-loss parts are stored without a z-loss (nothing reads them then).
+        z_parts = part_z if pb.z_loss else part_z[:0]
+        _short_forward(rows, index, pb.weight, pb.ignore_index, False, part_a, z_parts)
         return
     if forward_nll:
         K.xent_index_forward(

@@ -870,9 +870,7 @@ def _column_sumexp_next_max_loop4(rows, nexts, scale, shift, part, next_max):
 
 
 def column_sumexp(rows, nexts, scale, shift, part, next_max):  # pragma: no cover - the overload
-    part += sum(np.exp(r * scale - shift) for r in rows)
-    for r in nexts:
-        np.fmax(next_max, r, out=next_max)
+    column_exp_add(rows, nexts, scale, shift, part, next_max)
 
 
 @overload(column_sumexp, inline="always")
