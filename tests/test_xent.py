@@ -398,6 +398,41 @@ def test_short_rows_check_their_targets_in_the_pass(dtype, n_cols, reduction, rn
     assert np.isnan(all_ignored) if reduction == "mean" else (all_ignored == 0).all()
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_cols", [2, 4, 8, 16])
+def test_reduced_short_rows_sum_their_logs_as_one(dtype, n_cols, rng):
+    """A reduced loss of unit weights on short rows takes one log per block
+    (of the product of its rows' sums, split into mantissas and exponents):
+    logits spread over the whole range of the direct path (up to the bound
+    of 80, float64 700, where the sums' exponents go far from 0), ignored
+    samples, a block all ignored, and more rows than the last full block
+    holds; the loss against the reference, with no weight and with weights
+    of 1 (the per-row parts), and the per-sample losses summed."""
+    if not short.fits(n_cols, np.dtype(dtype).itemsize):
+        pytest.skip("rows longer than a vector")
+    bound = 79.0 if dtype == np.float32 else 690.0
+    rows_per_block = short.BLOCK_ELEMENTS // n_cols
+    n = 6 * rows_per_block + 5
+    x = rng.uniform(-bound, bound, (n, n_cols)).astype(dtype)
+    x[: 2 * rows_per_block] = np.sign(x[: 2 * rows_per_block]) * bound  # sums near the extremes
+    t = rng.integers(0, n_cols, size=n)
+    t[rng.random(n) < 0.2] = -100
+    t[3 * rows_per_block : 4 * rows_per_block] = -100
+    tol = dict(rtol=2e-6, atol=0) if dtype == np.float32 else dict(rtol=1e-13, atol=0)
+    for reduction in ("mean", "sum"):
+        expected = ref.cross_entropy(x, t, reduction=reduction)
+        got = fastmax.softmax_cross_entropy(x, t, reduction=reduction)
+        np.testing.assert_allclose(got, expected, **tol)
+        weighted = fastmax.softmax_cross_entropy(
+            x, t, reduction=reduction, weight=np.ones(n_cols, dtype)
+        )
+        np.testing.assert_allclose(got, weighted, **tol)
+    per_sample = fastmax.softmax_cross_entropy(x, t, reduction="none").astype(np.float64)
+    np.testing.assert_allclose(
+        fastmax.softmax_cross_entropy(x, t, reduction="sum"), per_sample.sum(), **tol
+    )
+
+
 @pytest.mark.parametrize("bad", [8, -1, 2**40, -(2**40), 10**18])
 @pytest.mark.parametrize("where", ["first block", "last full block", "after the blocks"])
 def test_bad_targets_on_short_rows_raise(bad, where, rng):

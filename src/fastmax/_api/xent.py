@@ -498,7 +498,9 @@ def _run_short_sums(pb: _Problem, grad_rows: np.ndarray | None, scale, scale_z):
     for every sample: a stride-0 view of it stands for the per-row array."""
     rows = pb.rows
     if grad_rows is None:
-        part_a, part_z, _ = _short_forward(rows, pb.index, pb.weight, pb.ignore_index, True)
+        part_a, part_z, _ = _short_forward(
+            rows, pb.index, pb.weight, pb.ignore_index, True, z_loss=pb.z_loss
+        )
     else:
         part_a, part_z = _block_parts(rows)
         n = rows.shape[0]
@@ -523,13 +525,17 @@ def _block_parts(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return part_a, np.empty_like(part_a)
 
 
-def _short_forward(rows, index, weight, ignore_index, sums: bool, part_a=None, part_z=None):
+def _short_forward(
+    rows, index, weight, ignore_index, sums: bool, part_a=None, part_z=None, z_loss=0.0
+):
     """:func:`short.xent_index_short_rows` on ``rows`` that ``short.fits_rows``:
-    the parts per block (``sums``, into new arrays) or per row (into
-    ``part_a``/``part_z``), and the numbers of kept rows and of bad targets
-    (the kernel checks the targets in its pass)."""
+    the parts per block (``sums``, into new arrays; no z-loss parts without
+    a z-loss) or per row (into ``part_a``/``part_z``), and the numbers of
+    kept rows and of bad targets (the kernel checks the targets in its pass)."""
     if sums:
         part_a, part_z = _block_parts(rows)
+        if not z_loss:
+            part_z = part_z[:0]
     counts = np.empty((short.block_count(*rows.shape) + 1, 2), np.int64)
     short.xent_index_short_rows(
         rows.size, rows, index, weight, ignore_index, part_a, part_z, sums, counts,

@@ -726,6 +726,25 @@ def log_pos(x):
     return dk * _LN2_HI - ((hfsq - (s * (hfsq + (t1 + t2)) + dk * _LN2_LO)) - f)
 
 
+@njit(fastmath=EXACT_MATH, inline="always", cache=True)
+def exponent_split(x):
+    """``(k, m)`` with ``x = 2^k m`` and ``m`` in ``[1, 2)``, exactly, for a
+    positive, finite, normal float64 ``x`` (bit operations: it vectorizes)."""
+    bits = float_to_bits(x)
+    k = (bits >> np.int64(52)) - np.int64(1023)
+    return k, bits_to_float(bits - (k << np.int64(52)))
+
+
+@njit(fastmath=EXACT_MATH, cache=True, error_model="numpy")
+def log_scaled(p, k):
+    """``log(p * 2^k)`` in float64 for a positive, finite, normal ``p`` and an
+    integer ``|k| < 2^21`` (``k * ln2_hi`` is exact), where ``p * 2^k`` itself
+    may be out of float64's range: a sum of logs taken as the log of a
+    product of :func:`exponent_split`'s mantissas."""
+    dk = np.float64(k)
+    return dk * _LN2_HI + (dk * _LN2_LO + log_pos(p))
+
+
 # log1p(f) = f + f^2 R(f) on [sqrt(1/2) - 1, sqrt(2) - 1]: R by a weighted
 # least-squares fit at 400 Chebyshev nodes (relative weight), degree 8; in
 # float32 arithmetic log1p comes out within 0.9 ulp.

@@ -27,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .._config import FASTMATH, JIT
+from .._config import FASTMATH, JIT, ORDERED_MATH
 from ._math import (
     SEGMENT_FAST_MAX,
     SEGMENT_SUM,
@@ -37,11 +37,13 @@ from ._math import (
     exp,
     exp_nonpos,
     exp_term,
+    exponent_split,
     fmaximum,
     is_single,
     like,
     log_pos,
     log_positive,
+    log_scaled,
     log_wide,
     magnitude_key,
     ordered_sum,
@@ -381,6 +383,43 @@ def _rows_logsumexp(x, r0, scale, out):
 
 
 @njit(fastmath=FASTMATH, **JIT)
+def _block_logsumexp_shifted(x, b, scale, out, e):
+    """``out[i] = max + log(sum(exp(v - max)))`` for the rows of block ``b``
+    (``e`` is scratch), by the row kernels if some row is not all finite."""
+    n_cols = x.shape[1]
+    rows_per_block, _ = geometry(x.shape[0], n_cols)
+    r0 = b * rows_per_block
+    k0 = b * BLOCK_ELEMENTS
+    xb = x.reshape(-1)[k0 : k0 + BLOCK_ELEMENTS]
+    m = stack_array(BLOCK_ELEMENTS, x[0, 0])
+    u = stack_array(BLOCK_ELEMENTS, x[0, 0])
+    if not _block_stats(xb, scale, m, e, u, n_cols):
+        _rows_logsumexp(x, r0, scale, out[:rows_per_block])
+        return
+    row_m = stack_array(MAX_BLOCK_ROWS, 0.0)[:rows_per_block]
+    row_u = stack_array(MAX_BLOCK_ROWS, 0.0)[:rows_per_block]
+    for i in range(rows_per_block):  # one lane per row, then the logs of those
+        row_m[i] = m[i * n_cols]
+        row_u[i] = u[i * n_cols]
+    for i in range(rows_per_block):
+        out[i] = row_m[i] + log_pos(row_u[i])
+
+
+@njit(fastmath=FASTMATH, **JIT)
+def _refine_near_zero(x, r0, scale, out):
+    """Results near 0 have lost relative accuracy to cancellation: recompute
+    them by the row kernel (a vector test first: a branch per row costs more
+    than its log)."""
+    near = False
+    for i in range(out.size):
+        near |= abs(out[i]) < NEAR_ZERO
+    if near:
+        for i in range(out.size):
+            if abs(out[i]) < NEAR_ZERO:
+                _rows_logsumexp(x, r0 + i, scale, out[i : i + 1])
+
+
+@njit(fastmath=FASTMATH, **JIT)
 def _block_logsumexp(x, b, scale, out, ahead):
     """``out[i] = logsumexp(x[r0 + i] * scale)`` for the rows of block ``b``
     (``r0`` its first row): ``log(sum(exp(v)))`` on :func:`_block_exp`'s
@@ -388,7 +427,6 @@ def _block_logsumexp(x, b, scale, out, ahead):
     prefetched."""
     n_cols = x.shape[1]
     rows_per_block, _ = geometry(x.shape[0], n_cols)
-    r0 = b * rows_per_block
     k0 = b * BLOCK_ELEMENTS
     xb = x.reshape(-1)[k0 : k0 + BLOCK_ELEMENTS]
     e = stack_array(BLOCK_ELEMENTS, x[0, 0])
@@ -398,27 +436,8 @@ def _block_logsumexp(x, b, scale, out, ahead):
         for i in range(rows_per_block):  # in the type of the results
             out[i] = log_of_sum(sums[i], out)
     else:
-        m = stack_array(BLOCK_ELEMENTS, x[0, 0])
-        u = stack_array(BLOCK_ELEMENTS, x[0, 0])
-        if not _block_stats(xb, scale, m, e, u, n_cols):
-            _rows_logsumexp(x, r0, scale, out[:rows_per_block])
-            return
-        row_m = stack_array(MAX_BLOCK_ROWS, 0.0)[:rows_per_block]
-        row_u = stack_array(MAX_BLOCK_ROWS, 0.0)[:rows_per_block]
-        for i in range(rows_per_block):  # one lane per row, then the logs of those
-            row_m[i] = m[i * n_cols]
-            row_u[i] = u[i * n_cols]
-        for i in range(rows_per_block):
-            out[i] = row_m[i] + log_pos(row_u[i])
-    # Results near 0 have lost relative accuracy to cancellation: recompute
-    # (a vector test first: a branch per row costs more than its log).
-    near = False
-    for i in range(rows_per_block):
-        near |= abs(out[i]) < NEAR_ZERO
-    if near:
-        for i in range(rows_per_block):
-            if abs(out[i]) < NEAR_ZERO:
-                _rows_logsumexp(x, r0 + i, scale, out[i : i + 1])
+        _block_logsumexp_shifted(x, b, scale, out, e)
+    _refine_near_zero(x, b * rows_per_block, scale, out[:rows_per_block])
 
 
 @driver
@@ -451,7 +470,8 @@ def _store_parts(pa, pz, part_a, part_z, b, r0, sums):
     not depend on the number of threads)."""
     if sums:
         part_a[b] = ordered_sum(pa)
-        part_z[b] = ordered_sum(pz)
+        if part_z.size:
+            part_z[b] = ordered_sum(pz)
     else:
         for i in range(pa.size):
             part_a[r0 + i] = pa[i]
@@ -516,6 +536,81 @@ def _block_index_parts(xb, target, w, ignore_index, lse, r0, pa, pz):
     return kept, bad
 
 
+#: Lanes of :func:`_sum_of_losses`' product (fixed, as its order is).
+PRODUCT_LANES = 8
+
+
+@njit(fastmath=ORDERED_MATH, **JIT)
+def _sum_of_losses(sums, tb, picked, ignore_index, n_cols):
+    """The sum over the kept rows of ``log(sums[i]) - picked[i]`` (a block's
+    unweighted losses from its rows' sums of ``exp(x)`` and its targets'
+    logits), how many rows are kept and how many of those have a target
+    outside ``[0, C)``; ``picked`` is scratch after.  The rows are a full
+    block's (a multiple of :data:`PRODUCT_LANES`).  The sum of the rows'
+    logs is one log, of their product, taken as a product of mantissas in
+    ``[1, 2)`` (at most 2^512) and a sum of exponents (:func:`log_scaled`);
+    its error, a few float64 ulps of the block's total, is that of summing
+    the rows' logs.  The products and sums go in a fixed order (lanes of
+    :data:`PRODUCT_LANES`, :func:`ordered_sum`), not in the one LLVM's
+    vectorizer would pick, so the bits do not depend on how this was
+    compiled."""
+    rows = sums.size
+    mant = stack_array(MAX_BLOCK_ROWS, 0.0)[:rows]
+    k_sum = 0
+    kept = 0
+    bad = 0
+    for i in range(rows):  # no branch and no float reduction: it vectorizes
+        t = tb[i]
+        keep = t != ignore_index
+        kept += keep
+        bad += keep & ((t < 0) | (t >= n_cols))
+        k, mant[i] = exponent_split(np.float64(sums[i]) if keep else 1.0)
+        k_sum += k
+        picked[i] = picked[i] if keep else 0.0
+    lanes = stack_array(PRODUCT_LANES, 0.0)
+    for j in range(PRODUCT_LANES):
+        lanes[j] = 1.0
+    for q in range(0, rows, PRODUCT_LANES):
+        for j in range(PRODUCT_LANES):
+            lanes[j] *= mant[q + j]
+    width = PRODUCT_LANES
+    while width > 1:  # a fixed tree: lanes j and j + half
+        width //= 2
+        for j in range(width):
+            lanes[j] *= lanes[j + width]
+    return log_scaled(lanes[0], k_sum) - ordered_sum(picked), kept, bad
+
+
+@njit(fastmath=FASTMATH, **JIT)
+def _block_loss_total(x, b, target, w, ignore_index, ahead):
+    """The sum of block ``b``'s losses ``w0 (lse - x[t])`` over its kept rows
+    (unit weights ``w``, a broadcast of ``w0``), how many rows are kept and
+    how many of those have a bad target.  On :func:`_block_exp`'s direct
+    path by :func:`_sum_of_losses`: no logsumexp per row.  Same-process
+    rounds, 4M x 8, two threads: see ``xent_index_short_rows``."""
+    n_cols = x.shape[1]
+    rows_per_block, _ = geometry(x.shape[0], n_cols)
+    r0 = b * rows_per_block
+    k0 = b * BLOCK_ELEMENTS
+    xb = x.reshape(-1)[k0 : k0 + BLOCK_ELEMENTS]
+    e = stack_array(BLOCK_ELEMENTS, x[0, 0])
+    if _block_exp(xb, like(1.0, x[0, 0]), e, ahead, ahead[:0]):
+        sums = stack_array(MAX_BLOCK_ROWS, x[0, 0])[:rows_per_block]
+        segment_rows(e, sums, n_cols, SEGMENT_SUM)
+        tb = target[r0 : r0 + rows_per_block]
+        picked = stack_array(MAX_BLOCK_ROWS, 0.0)[:rows_per_block]
+        _target_logits(xb, tb, picked)
+        total, kept, bad = _sum_of_losses(sums, tb, picked, ignore_index, n_cols)
+        return np.float64(w[0]) * total, kept, bad
+    lse = stack_array(MAX_BLOCK_ROWS, 0.0)[:rows_per_block]
+    _block_logsumexp_shifted(x, b, like(1.0, x[0, 0]), lse, e)
+    _refine_near_zero(x, r0, like(1.0, x[0, 0]), lse)
+    pa = stack_array(MAX_BLOCK_ROWS, 0.0)[:rows_per_block]
+    pz = stack_array(MAX_BLOCK_ROWS, 0.0)[:rows_per_block]
+    kept, bad = _block_index_parts(xb, target, w, ignore_index, lse, r0, pa, pz)
+    return ordered_sum(pa), kept, bad
+
+
 @driver
 def xent_index_short_rows(x, target, w, ignore_index, part_a, part_z, sums, counts, n_tasks):
     """The cross-entropy forward of index targets without smoothing (see
@@ -531,6 +626,8 @@ def xent_index_short_rows(x, target, w, ignore_index, part_a, part_z, sums, coun
     rows_per_block, n_blocks = geometry(n_rows, n_cols)
     one = like(1.0, x[0, 0])
     xf = x.reshape(-1)
+    # Block sums without z-loss parts, of unit weights: no per-row logsumexp.
+    totals = sums and part_z.size == 0 and w.strides[0] == 0
     for task in prange(n_tasks):
         lse = stack_array(MAX_BLOCK_ROWS, 0.0)[:rows_per_block]
         pa = stack_array(MAX_BLOCK_ROWS, 0.0)[:rows_per_block]
@@ -540,6 +637,11 @@ def xent_index_short_rows(x, target, w, ignore_index, part_a, part_z, sums, coun
             prefetch_block(target, b, b1, rows_per_block)
             r0 = b * rows_per_block
             k0 = b * BLOCK_ELEMENTS
+            if totals:
+                part_a[b], counts[b, 0], counts[b, 1] = _block_loss_total(
+                    x, b, target, w, ignore_index, block_ahead(xf, b, b1, BLOCK_ELEMENTS)
+                )
+                continue
             _block_logsumexp(x, b, one, lse, block_ahead(xf, b, b1, BLOCK_ELEMENTS))
             counts[b, 0], counts[b, 1] = _block_index_parts(
                 xf[k0 : k0 + BLOCK_ELEMENTS], target, w, ignore_index, lse, r0, pa, pz
