@@ -586,8 +586,9 @@ def _block_loss_total(x, b, target, w, ignore_index, ahead):
     """The sum of block ``b``'s losses ``w0 (lse - x[t])`` over its kept rows
     (unit weights ``w``, a broadcast of ``w0``), how many rows are kept and
     how many of those have a bad target.  On :func:`_block_exp`'s direct
-    path by :func:`_sum_of_losses`: no logsumexp per row.  Same-process
-    rounds, 4M x 8, two threads: see ``xent_index_short_rows``."""
+    path by :func:`_sum_of_losses`: no logsumexp per row (4M x 8, two
+    threads, same-process rounds against a logsumexp and parts per row:
+    float32 2.90 -> 2.35 and float64 2.99 -> 2.61 read floors)."""
     n_cols = x.shape[1]
     rows_per_block, _ = geometry(x.shape[0], n_cols)
     r0 = b * rows_per_block
@@ -618,7 +619,9 @@ def xent_index_short_rows(x, target, w, ignore_index, part_a, part_z, sums, coun
     logsumexp, then its parts while the block is in cache.  The parts go to
     ``part_a``/``part_z`` per row, or with ``sums`` per block (the sums of
     full block ``b`` to index ``b``, of the rows after the last full block
-    to index ``block_count``): a reduced loss writes no per-row array.
+    to index ``block_count``): a reduced loss writes no per-row array, and
+    with unit weights and ``part_z`` empty (no z-loss) a full block's sum
+    comes from :func:`_block_loss_total`, with no logsumexp per row.
     The targets are checked in the same pass: ``counts[b]`` gets block
     ``b``'s number of kept rows and of kept targets outside ``[0, C)``
     (if any, the parts are not defined)."""
