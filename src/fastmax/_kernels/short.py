@@ -382,15 +382,21 @@ def _rows_logsumexp(x, r0, scale, out):
         out[i] = logsumexp_of_row(x[r0 + i], scale, mr, total)
 
 
+@njit(fastmath=FASTMATH, inline="always", **JIT)
+def _block_of_rows(x, b):
+    """Block ``b`` of a 2-D ``x`` (C-contiguous) as a flat view, with its
+    first row, its number of rows and the row length."""
+    n_cols = x.shape[1]
+    rows_per_block, _ = geometry(x.shape[0], n_cols)
+    k0 = b * BLOCK_ELEMENTS
+    return x.reshape(-1)[k0 : k0 + BLOCK_ELEMENTS], b * rows_per_block, rows_per_block, n_cols
+
+
 @njit(fastmath=FASTMATH, **JIT)
 def _block_logsumexp_shifted(x, b, scale, out, e):
     """``out[i] = max + log(sum(exp(v - max)))`` for the rows of block ``b``
     (``e`` is scratch), by the row kernels if some row is not all finite."""
-    n_cols = x.shape[1]
-    rows_per_block, _ = geometry(x.shape[0], n_cols)
-    r0 = b * rows_per_block
-    k0 = b * BLOCK_ELEMENTS
-    xb = x.reshape(-1)[k0 : k0 + BLOCK_ELEMENTS]
+    xb, r0, rows_per_block, n_cols = _block_of_rows(x, b)
     m = stack_array(BLOCK_ELEMENTS, x[0, 0])
     u = stack_array(BLOCK_ELEMENTS, x[0, 0])
     if not _block_stats(xb, scale, m, e, u, n_cols):
@@ -425,10 +431,7 @@ def _block_logsumexp(x, b, scale, out, ahead):
     (``r0`` its first row): ``log(sum(exp(v)))`` on :func:`_block_exp`'s
     direct path, else ``max + log(sum(exp(v - max)))``; ``ahead`` is
     prefetched."""
-    n_cols = x.shape[1]
-    rows_per_block, _ = geometry(x.shape[0], n_cols)
-    k0 = b * BLOCK_ELEMENTS
-    xb = x.reshape(-1)[k0 : k0 + BLOCK_ELEMENTS]
+    xb, r0, rows_per_block, n_cols = _block_of_rows(x, b)
     e = stack_array(BLOCK_ELEMENTS, x[0, 0])
     if _block_exp(xb, scale, e, ahead, ahead[:0]):
         sums = stack_array(MAX_BLOCK_ROWS, x[0, 0])[:rows_per_block]
@@ -437,7 +440,7 @@ def _block_logsumexp(x, b, scale, out, ahead):
             out[i] = log_of_sum(sums[i], out)
     else:
         _block_logsumexp_shifted(x, b, scale, out, e)
-    _refine_near_zero(x, b * rows_per_block, scale, out[:rows_per_block])
+    _refine_near_zero(x, r0, scale, out[:rows_per_block])
 
 
 @driver
@@ -589,11 +592,7 @@ def _block_loss_total(x, b, target, w, ignore_index, ahead):
     path by :func:`_sum_of_losses`: no logsumexp per row (4M x 8, two
     threads, same-process rounds against a logsumexp and parts per row:
     float32 2.90 -> 2.35 and float64 2.99 -> 2.61 read floors)."""
-    n_cols = x.shape[1]
-    rows_per_block, _ = geometry(x.shape[0], n_cols)
-    r0 = b * rows_per_block
-    k0 = b * BLOCK_ELEMENTS
-    xb = x.reshape(-1)[k0 : k0 + BLOCK_ELEMENTS]
+    xb, r0, rows_per_block, n_cols = _block_of_rows(x, b)
     e = stack_array(BLOCK_ELEMENTS, x[0, 0])
     if _block_exp(xb, like(1.0, x[0, 0]), e, ahead, ahead[:0]):
         sums = stack_array(MAX_BLOCK_ROWS, x[0, 0])[:rows_per_block]
