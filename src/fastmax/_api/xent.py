@@ -362,10 +362,8 @@ def _kernel(pb: _Problem, rows, index, probs, part_a, part_z, grad_rows, scale, 
     n_blocks = _row_blocks(rows)
     forward_nll = index is not None and not write and pb.smoothing == 0.0
     if forward_nll and short.fits_rows(rows):
-        # Many short rows: logsumexp with the rows reduced inside vectors; no
-        # z-loss parts are stored without a z-loss (nothing reads them then).
-        z_parts = part_z if pb.z_loss else part_z[:0]
-        _short_forward(rows, index, pb.weight, pb.ignore_index, False, part_a, z_parts)
+        # Many short rows: logsumexp with the rows reduced inside vectors.
+        _short_forward(rows, index, pb.weight, pb.ignore_index, False, part_a, part_z, pb.z_loss)
         return
     if forward_nll:
         K.xent_index_forward(
@@ -529,13 +527,15 @@ def _short_forward(
     rows, index, weight, ignore_index, sums: bool, part_a=None, part_z=None, z_loss=0.0
 ):
     """:func:`short.xent_index_short_rows` on ``rows`` that ``short.fits_rows``:
-    the parts per block (``sums``, into new arrays; no z-loss parts without
-    a z-loss) or per row (into ``part_a``/``part_z``), and the numbers of
-    kept rows and of bad targets (the kernel checks the targets in its pass)."""
+    the parts per block (``sums``, into new arrays) or per row (into
+    ``part_a``/``part_z``), and the numbers of kept rows and of bad targets
+    (the kernel checks the targets in its pass).  Without a z-loss no
+    z-loss parts are stored (nothing reads them), and the block sums of
+    unit weights take no logsumexp per row."""
     if sums:
         part_a, part_z = _block_parts(rows)
-        if not z_loss:
-            part_z = part_z[:0]
+    if not z_loss:
+        part_z = part_z[:0]
     counts = np.empty((short.block_count(*rows.shape) + 1, 2), np.int64)
     short.xent_index_short_rows(
         rows.size, rows, index, weight, ignore_index, part_a, part_z, sums, counts,

@@ -63,6 +63,14 @@ from .softmax import (
 TARGET_CHUNKS = 16
 
 
+@njit(fastmath=FASTMATH, inline="always", **JIT)
+def target_status(t, n_classes, ignore_index):
+    """Whether index target ``t`` is kept (not ``ignore_index``), and whether
+    it is kept and outside ``[0, C)``: no branch, so loops of it vectorize."""
+    keep = t != ignore_index
+    return keep, keep & ((t < 0) | (t >= n_classes))
+
+
 @njit(fastmath=FASTMATH, **JIT)
 def _count_targets(target, n_classes, ignore_index):
     """How many targets are kept and how many of those are outside ``[0, C)``:
@@ -70,10 +78,9 @@ def _count_targets(target, n_classes, ignore_index):
     kept = 0
     bad = 0
     for i in range(target.size):
-        t = target[i]
-        keep = t != ignore_index
+        keep, out = target_status(target[i], n_classes, ignore_index)
         kept += keep
-        bad += keep & ((t < 0) | (t >= n_classes))
+        bad += out
     return kept, bad
 
 
