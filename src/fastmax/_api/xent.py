@@ -530,12 +530,12 @@ def _short_forward(
     the parts per block (``sums``, into new arrays) or per row (into
     ``part_a``/``part_z``), and the numbers of kept rows and of bad targets
     (the kernel checks the targets in its pass).  Without a z-loss no
-    z-loss parts are stored (nothing reads them), and the block sums of
-    unit weights take no logsumexp per row."""
+    z-loss parts are stored (nothing reads them: ``part_z`` is not needed),
+    and the block sums of unit weights take no logsumexp per row."""
     if sums:
         part_a, part_z = _block_parts(rows)
     if not z_loss:
-        part_z = part_z[:0]
+        part_z = part_a[:0]  # empty, of the parts' type
     counts = np.empty((short.block_count(*rows.shape) + 1, 2), np.int64)
     short.xent_index_short_rows(
         rows.size, rows, index, weight, ignore_index, part_a, part_z, sums, counts,
@@ -553,7 +553,7 @@ def _short_losses_call(logits, target, ignore_index):
     target (the general path then raises)."""
     w = _unit_weights(logits.shape[1], logits.dtype)
     loss = np.empty(logits.shape[0], logits.dtype)
-    _, _, (_, bad) = _short_forward(logits, target, w, ignore_index, False, loss, loss[:0])
+    _, _, (_, bad) = _short_forward(logits, target, w, ignore_index, False, loss)
     return None if bad else loss
 
 
