@@ -161,6 +161,13 @@ def jvp_rows(y, v, out, mode):
             write_row_to(y[r], v[r], out[r], like(s, out[r, 0]), mode, True)
             stream_fence()
         return
+    if mode == SOFTMAX and out.shape[1] <= ACC_RUN:
+        # row_sum's branch for these rows, in a loop of its own: in the loop
+        # below, 64 x 100 float32 took 24.8-26.3 ns a row against 21.6-22.2.
+        for r in prange(out.shape[0]):
+            s = ordered_dot(y[r], v[r])
+            write_row(y[r], v[r], out[r], like(s, out[r, 0]), SOFTMAX)
+        return
     for r in prange(out.shape[0]):  # write_row inlined: small rows pay no call
         s = row_sum(y[r], v[r], mode)
         write_row(y[r], v[r], out[r], like(s, out[r, 0]), mode)
