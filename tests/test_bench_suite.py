@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import itertools
+import math
 import sys
 from pathlib import Path
 
@@ -112,6 +113,29 @@ def test_paired_time_takes_the_median_of_per_round_ratios(clock):
     assert paired.ratio == pytest.approx(1.0)  # the ratio of the medians would be 2
     assert paired.time == pytest.approx(0.004)
     assert paired.floor == pytest.approx(0.002)
+
+
+def test_paired_time_settles_each_sample_when_asked(clock):
+    """With ``settle`` (the CLI's PyTorch comparison), each sample follows
+    calls of its own for at least WARM_UP_SECONDS, so another library's
+    spinning threads have stopped before it is timed."""
+    from fastmax import _bench
+
+    log = []
+
+    def make(name):
+        def call():
+            log.append(name)
+            clock.now += 2.0**-6  # exact in binary: the clock's sums are too
+
+        return call
+
+    op, other = make("op"), make("other")
+    _bench.paired_time(op, [other], repeat=2, min_sample=0.0, settle=True)
+    assert log[:2] == ["op", "other"]  # the calls that size the batches
+    # Each sample (one call) follows WARM_UP_SECONDS of calls of its own.
+    warm = math.ceil(_bench.WARM_UP_SECONDS / 2.0**-6)
+    assert log[2:] == (["op"] * (warm + 1) + ["other"] * (warm + 1)) * 2
 
 
 def test_warm_up_calls_until_the_time_stops_falling(clock):

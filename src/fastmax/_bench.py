@@ -163,13 +163,18 @@ def paired_time(
     repeat: int,
     budget: float = 3.0,
     min_sample: float = 2e-3,
+    settle: bool = False,
 ) -> Paired:
     """Time ``fn`` against a floor in alternating rounds: each round times
     ``fn``, then each floor call (the round's floor is the fastest), so that a
     change of the machine's memory bandwidth between rounds (2x from one
     minute to the next on shared machines) changes both sides of a round's
     ratio.  The ratio is the median of the rounds' ratios.  Calls shorter
-    than ``min_sample`` are timed in batches, as in :func:`median_time`."""
+    than ``min_sample`` are timed in batches, as in :func:`median_time`.
+
+    ``settle``: each sample follows a :func:`warm_up` of its call (at least
+    ``WARM_UP_SECONDS``), for a "floor" from another library whose threads
+    keep spinning on the cores after its calls (PyTorch's OpenMP workers)."""
 
     def batch(f: Callable[[], object]) -> int:
         t0 = time.perf_counter()
@@ -177,6 +182,8 @@ def paired_time(
         return max(1, min(1000, int(min_sample / max(time.perf_counter() - t0, 1e-7))))
 
     def sample(f: Callable[[], object], calls: int) -> float:
+        if settle:
+            warm_up(f, max_calls=1)
         t0 = time.perf_counter()
         for _ in range(calls):
             f()
