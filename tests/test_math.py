@@ -28,6 +28,7 @@ from fastmax._kernels._math import (
     exp_bounded,
     exp_bounded_store,
     exp_nonpos,
+    exp_store_sum_max,
     exp_stored,
     exp_sum_max,
     exp_term,
@@ -678,6 +679,82 @@ def test_exp_sum_max_order_is_fixed(dtype):
         chunk = terms[i0 : i0 + width]
         lanes[: chunk.size] += chunk
     lanes = lanes.astype(np.float64)
+    while lanes.size > 1:
+        lanes = lanes[: lanes.size // 2] + lanes[lanes.size // 2 :]
+    assert results == {lanes[0]}
+
+
+@njit(fastmath=FASTMATH, cache=False)
+def _exp_store_sum_max_call(x, out, nxt, scale, shift):
+    return exp_store_sum_max(x, out, nxt, scale, shift)
+
+
+@needs_table_exp
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 47, 64, 65, 100, 2048])
+@pytest.mark.parametrize("scale", [1.0, 0.25])
+def test_exp_store_sum_max_stores_sums_and_takes_the_next_max(dtype, n, scale):
+    """exp_store_sum_max (the unrolled loop, single vectors, the masked
+    tail) stores exp_write's values (factor 1) bit for bit, below the
+    table's range too, and nothing past ``n``; in place the same; the sum
+    is the sum of what it stored; the max is of ``nxt[:n]`` only (a larger
+    value after it is not read), NaN-propagating."""
+    rng = np.random.default_rng(n)
+    x = (rng.standard_normal(n) * 3).astype(dtype)
+    lo = -86.0 if dtype == np.float32 else -700.0
+    if n > 9:  # arguments below the table's range beside ones within it
+        x[3], x[9] = 4 * lo / scale, -np.inf
+    nxt = np.concatenate([rng.standard_normal(n), [1e30]]).astype(dtype)
+    scale = dtype(scale)
+    shift = x.max() * scale
+    out = np.full(n + 5, 7.0, dtype)
+    total, top = _exp_store_sum_max_call(x, out, nxt, scale, shift)
+    assert np.all(out[n:] == 7.0)
+    want = np.empty(n, dtype)
+    _exp_write_call(x, want, scale, shift, dtype(1.0))
+    np.testing.assert_array_equal(out[:n], want)
+    exact = math.fsum(out[:n].astype(np.float64))
+    tol = 2e-6 if dtype == np.float32 else 4e-16
+    assert abs(total - exact) <= tol * exact
+    assert top == nxt[:n].max()
+    y = x.copy()
+    assert _exp_store_sum_max_call(y, y, y, scale, shift)[0] == total  # in place
+    np.testing.assert_array_equal(y, want)
+    for k in {0, n // 2, n - 1}:
+        bad = nxt.copy()
+        bad[k] = np.nan
+        assert np.isnan(_exp_store_sum_max_call(x, out, bad, scale, shift)[1])
+    nxt[:n] = -np.inf
+    assert _exp_store_sum_max_call(x, out, nxt, scale, shift)[1] == -np.inf
+
+
+@needs_table_exp
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_exp_store_sum_max_order_is_fixed(dtype):
+    """The same sum for the same values anywhere in memory, in the
+    documented order: two accumulators (the unrolled loop's two vectors;
+    single vectors and the masked tail go to the first), added, then the
+    lanes by halves in float64."""
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal(1003) * 5).astype(dtype)
+    base = np.empty(1100, dtype)
+    out = np.empty(x.size, dtype)
+    results = set()
+    for offset in range(0, 16):
+        y = base[offset : offset + x.size]
+        y[:] = x
+        results.add(_exp_store_sum_max_call(y, out, y, dtype(1.0), dtype(0.0))[0])
+    width = VECTOR_BYTES // x.itemsize
+    accs = np.zeros((2, width), dtype)
+    step = 2 * width
+    whole = x.size // step * step
+    for i0 in range(0, whole, step):
+        accs[0] += out[i0 : i0 + width]
+        accs[1] += out[i0 + width : i0 + step]
+    for i0 in range(whole, x.size, width):
+        chunk = out[i0 : i0 + width]
+        accs[0, : chunk.size] += chunk
+    lanes = (accs[0] + accs[1]).astype(np.float64)
     while lanes.size > 1:
         lanes = lanes[: lanes.size // 2] + lanes[lanes.size // 2 :]
     assert results == {lanes[0]}

@@ -2055,6 +2055,125 @@ def _column_exp_add_overload(rows, nexts, scale, shift, part, top):
     return None
 
 
+def _table_exp_stored(context, builder, dtype):
+    """A function emitting :func:`exp_stored` of a vector of ``dtype`` (its
+    arguments <= 0 or NaN) by the table's exponential, and for a vector
+    with some argument below the table's range (-700, float32 -86) by
+    :func:`exp_stored` lane by lane."""
+    spec = _TABLE_EXPS[dtype]
+    lanes = spec.lanes
+    vty = ir.VectorType(spec.float_type(), lanes)
+    lo = ir.Constant(vty, [spec.lo] * lanes)
+    i32 = ir.IntType(32)
+    sig = dtype(dtype)
+    result = cgutils.alloca_once(builder, vty)
+
+    def exact(v):  # exp_stored of each lane: below the table's range
+        out = v
+        for lane in range(lanes):
+            e = context.compile_internal(
+                builder, lambda v: exp_stored(v), sig, [builder.extract_element(v, i32(lane))]
+            )
+            out = builder.insert_element(out, e, i32(lane))
+        return out
+
+    def stored(v):
+        builder.store(_table_exp_term(builder, spec, v, clamp=False), result)
+        below = builder.fcmp_ordered("<", v, lo)
+        any_below = builder.icmp_unsigned(
+            "!=", builder.bitcast(below, ir.IntType(lanes)), ir.IntType(lanes)(0)
+        )
+        with builder.if_then(any_below, likely=False):
+            e = builder.load(result)
+            builder.store(builder.select(below, exact(v), e), result)
+        return builder.load(result)
+
+    return stored
+
+
+def _exp_store_sum_max_codegen(context, builder, signature, args):
+    xty, oty, nty = signature.args[:3]
+    spec = _TABLE_EXPS[xty.dtype]
+    elt = spec.float_type()
+    lanes = spec.lanes
+    vty = ir.VectorType(elt, lanes)
+    bty = ir.VectorType(ir.IntType(1), lanes)
+    xa, oa, na = (
+        context.make_array(t)(context, builder, a)
+        for t, a in zip((xty, oty, nty), args[:3], strict=True)
+    )
+    n = builder.extract_value(xa.shape, 0)
+    scale = _splat(builder, args[3], lanes)
+    neg_shift = _splat(builder, builder.fneg(args[4]), lanes)
+    neg_inf = ir.Constant(vty, [-np.inf] * lanes)
+    zeros = ir.Constant(vty, [0.0] * lanes)
+    stored = _table_exp_stored(context, builder, xty.dtype)
+    # An accumulator per vector of the unrolled loop (64 terms a lane at most
+    # in a run of ACC_RUN float32), added in a fixed order at the end.
+    accs = [cgutils.alloca_once_value(builder, zeros) for _ in range(EXP_SUM_UNROLL)]
+    top_acc = cgutils.alloca_once_value(builder, neg_inf)
+    nans = cgutils.alloca_once_value(builder, ir.Constant(bty, [0] * lanes))
+
+    def body(starts, mask, scaled):
+        values = []
+        for start in starts:  # all loads (x may be out, nxt may be either), then the stores
+            xv = _load_vector(builder, xa, start, vty, mask)
+            yv = _load_vector(builder, na, start, vty, mask)
+            if mask is not None:  # the other lanes: no term, no max
+                yv = builder.select(mask, yv, neg_inf)
+            v = _fma(builder, xv, scale, neg_shift) if scaled else builder.fadd(xv, neg_shift)
+            e = stored(v)
+            values.append(e if mask is None else builder.select(mask, e, zeros))
+            builder.store(_greater(builder, yv, builder.load(top_acc)), top_acc)
+            nan = builder.fcmp_unordered("uno", yv, yv)
+            builder.store(builder.or_(builder.load(nans), nan), nans)
+        for start, acc, e in zip(starts, accs, values, strict=False):
+            _store_vector(builder, e, oa, start, mask)
+            builder.store(_fadd_in_order(builder, builder.load(acc), e), acc)
+
+    _table_loops(builder, n, lanes, args[3], body)
+    vec = builder.load(accs[0])
+    for acc in accs[1:]:
+        vec = _fadd_in_order(builder, vec, builder.load(acc))
+    if elt != ir.DoubleType():
+        vec = builder.fpext(vec, ir.VectorType(ir.DoubleType(), lanes))
+    total = _lane_halves(builder, vec, lambda a, b: _fadd_in_order(builder, a, b))
+    top = _lane_halves(builder, builder.load(top_acc), lambda a, b: _greater(builder, a, b))
+    top = _nan_if_flagged(builder, nans, top)
+    return context.make_tuple(builder, signature.return_type, [total, top])
+
+
+@intrinsic
+def _exp_store_sum_max_avx512(typingctx, x, out, nxt, scale, shift):
+    if not all(table_exp_type(a) and a.dtype == x.dtype for a in (x, out, nxt)):
+        return None
+    if not (scale == x.dtype and shift == x.dtype):
+        return None
+    sig = types.Tuple((types.float64, x.dtype))(x, out, nxt, scale, shift)
+    return sig, _exp_store_sum_max_codegen
+
+
+def exp_store_sum_max(x, out, nxt, scale, shift):  # pragma: no cover - replaced by the overload
+    out[: x.size] = np.exp(x * scale - shift)
+    return float(out[: x.size].sum()), nxt[: x.size].max()
+
+
+@overload(exp_store_sum_max, inline="always")
+def _exp_store_sum_max_overload(x, out, nxt, scale, shift):
+    """``out = exp_stored(x * scale - shift)`` as :func:`exp_write` writes it
+    (``out`` may be ``x``), the sum of what it stored (float64; lanes added
+    in a fixed order), and the NaN-propagating max of ``nxt`` (which may be
+    ``x`` or ``out``: every vector is loaded before any is stored), in one
+    loop.  ``out`` and ``nxt`` at least as long as ``x`` (not checked).  For
+    arrays :func:`table_exp_type` takes (callers test it first)."""
+    if table_exp_type(x) and table_exp_type(out) and table_exp_type(nxt):
+        dt = x.dtype
+        return lambda x, out, nxt, scale, shift: _exp_store_sum_max_avx512(
+            x, out[: x.size], nxt[: x.size], dt(scale), dt(shift)
+        )
+    return None
+
+
 def _exp_write_codegen(context, builder, signature, args):
     xty, oty = signature.args[:2]
     spec = _TABLE_EXPS[xty.dtype]
@@ -2067,33 +2186,12 @@ def _exp_write_codegen(context, builder, signature, args):
     scale = _splat(builder, args[2], lanes)
     neg_shift = _splat(builder, builder.fneg(args[3]), lanes)
     factor = _splat(builder, args[4], lanes)
-    lo = ir.Constant(vty, [spec.lo] * lanes)
-    i32 = ir.IntType(32)
-    sig = xty.dtype(xty.dtype)
-
-    def exact(v):  # exp_stored of each lane: below the table's range
-        out = v
-        for lane in range(lanes):
-            e = context.compile_internal(
-                builder, lambda v: exp_stored(v), sig, [builder.extract_element(v, i32(lane))]
-            )
-            out = builder.insert_element(out, e, i32(lane))
-        return out
-
-    result = cgutils.alloca_once(builder, vty)
+    stored = _table_exp_stored(context, builder, xty.dtype)
 
     def term(start, mask, scaled):
         xv = _load_vector(builder, xa, start, vty, mask)
         v = _fma(builder, xv, scale, neg_shift) if scaled else builder.fadd(xv, neg_shift)
-        builder.store(_table_exp_term(builder, spec, v, clamp=False), result)
-        below = builder.fcmp_ordered("<", v, lo)
-        any_below = builder.icmp_unsigned(
-            "!=", builder.bitcast(below, ir.IntType(lanes)), ir.IntType(lanes)(0)
-        )
-        with builder.if_then(any_below, likely=False):
-            e = builder.load(result)
-            builder.store(builder.select(below, exact(v), e), result)
-        return builder.fmul(builder.load(result), factor)
+        return builder.fmul(stored(v), factor)
 
     def body(starts, mask, scaled):
         values = [term(k, mask, scaled) for k in starts]  # all loads, then the stores

@@ -28,6 +28,7 @@ from ._math import (
     exp_bounded,
     exp_bounded_store,
     exp_nonpos,
+    exp_store_sum_max,
     exp_stored,
     exp_term,
     exp_write,
@@ -382,19 +383,55 @@ def _exp_store_part(x, out, nxt, scale, m, m_next, in_place):
     return m_bounded
 
 
-@njit(fastmath=FASTMATH, inline="always", **JIT)
-def exp_store_sum_next_max(x, out, nxt, scale, m, in_place):
+def exp_store_sum_next_max(x, out, nxt, scale, m, in_place):  # pragma: no cover - the overload
+    out[:] = np.exp(x * scale - m)
+    return float(out.sum()), nxt.max()
+
+
+@overload(exp_store_sum_next_max, inline="always")
+def _exp_store_sum_next_max_overload(x, out, nxt, scale, m, in_place):
     """``out = exp(x*scale - m)``, its float64 sum, and the max of the next row.
 
     Reading the next row (a DRAM stream) in the loop that computes this row's
-    exponentials (from cache) overlaps memory traffic with arithmetic.  The
-    sum is taken as in :func:`reduce.sumexp_next_max`, per run of stored
-    exponentials by :func:`ordered_sum` (in a fixed order: the exponentials
-    can take Horner's scheme, see :func:`exp_stored`).
-    In place, the loop gets one array for ``x`` and ``out`` (equal pointers in
-    two arrays would not vectorize); the last row of a block passes itself
-    as ``nxt`` (its "next" max is not needed), and then one array serves all
-    three.
+    exponentials (from cache) overlaps memory traffic with arithmetic.  Rows
+    of unit stride on AVX-512 by :func:`exp_store_sum_max` (the table's
+    exponentials, stored and summed in one loop), per run of
+    :data:`ACC_RUN`, runs added in float64.  Against the loops below (a
+    polynomial exponential, then a pass of :func:`ordered_sum`), softmax of
+    16 x 1000 in cache on one thread took 0.319 -> 0.277 ns an element in
+    float32 and 0.791 -> 0.607 in float64; 1024 x 1000 on two threads
+    (same-process rounds) 0.210 -> 0.177 and 0.415 -> 0.336, the fused
+    cross-entropy in place 0.214 -> 0.194 and 0.472 -> 0.407.  Others by
+    :func:`_exp_store_sum_next_max_loops`."""
+    if table_exp_type(x) and table_exp_type(out) and table_exp_type(nxt):
+        return lambda x, out, nxt, scale, m, in_place: _table_exp_store_sum(x, out, nxt, scale, m)
+    return lambda x, out, nxt, scale, m, in_place: _exp_store_sum_next_max_loops(
+        x, out, nxt, scale, m, in_place
+    )
+
+
+@njit(fastmath=FASTMATH, inline="always", **JIT)
+def _table_exp_store_sum(x, out, nxt, scale, m):
+    m_next = nxt[0]
+    total = 0.0
+    n = x.size
+    for i0 in range(0, n, ACC_RUN):
+        i1 = min(i0 + ACC_RUN, n)
+        part, top = exp_store_sum_max(x[i0:i1], out[i0:i1], nxt[i0:i1], scale, m)
+        total += part
+        m_next = fmaximum(m_next, top)
+    return total, m_next
+
+
+@njit(fastmath=FASTMATH, inline="always", **JIT)
+def _exp_store_sum_next_max_loops(x, out, nxt, scale, m, in_place):
+    """:func:`exp_store_sum_next_max` by loops.  The sum is taken as in
+    :func:`reduce.sumexp_next_max`, per run of stored exponentials by
+    :func:`ordered_sum` (in a fixed order: the exponentials can take
+    Horner's scheme, see :func:`exp_stored`).  In place, the loop gets one
+    array for ``x`` and ``out`` (equal pointers in two arrays would not
+    vectorize); the last row of a block passes itself as ``nxt`` (its "next"
+    max is not needed), and then one array serves all three.
     """
     alone = in_place and same_buffer(x, nxt)
     total = 0.0
