@@ -1799,6 +1799,31 @@ def _nan_if_flagged(builder, nans, value):
     return builder.select(any_nan, ir.Constant(value.type, np.nan), value)
 
 
+def _running_max(builder, vty):
+    """IR of a NaN-propagating max over vectors of type ``vty``: ``add(v,
+    mask)`` takes a vector (with ``mask``, its masked lanes only) and
+    ``result()`` gives the max of every lane taken (NaN if one was NaN,
+    -inf if none was taken)."""
+    lanes = vty.count
+    neg_inf = ir.Constant(vty, [-np.inf] * lanes)
+    top = cgutils.alloca_once_value(builder, neg_inf)
+    nans = cgutils.alloca_once_value(
+        builder, ir.Constant(ir.VectorType(ir.IntType(1), lanes), [0] * lanes)
+    )
+
+    def add(v, mask):
+        if mask is not None:
+            v = builder.select(mask, v, neg_inf)
+        builder.store(_greater(builder, v, builder.load(top)), top)
+        builder.store(builder.or_(builder.load(nans), builder.fcmp_unordered("uno", v, v)), nans)
+
+    def result():
+        value = _lane_halves(builder, builder.load(top), lambda a, b: _greater(builder, a, b))
+        return _nan_if_flagged(builder, nans, value)
+
+    return add, result
+
+
 def _table_loops(builder, n, lanes, scale, body, unroll=EXP_SUM_UNROLL):
     """The loops of the table kernels over ``n`` elements: vectors of
     ``lanes`` by ``unroll`` at a time, then one at a time, then
@@ -1840,34 +1865,26 @@ def _exp_sum_max_codegen(context, builder, signature, args):
     elt = spec.float_type()
     lanes = spec.lanes
     vty = ir.VectorType(elt, lanes)
-    bty = ir.VectorType(ir.IntType(1), lanes)
     n = builder.extract_value(xa.shape, 0)
     scale = _splat(builder, args[2], lanes)
     neg_shift = _splat(builder, builder.fneg(args[3]), lanes)
-    neg_inf = ir.Constant(vty, [-np.inf] * lanes)
     zeros = ir.Constant(vty, [0.0] * lanes)
 
     # One accumulator of each: the loop is bound by the exponentials'
     # arithmetic, not by the latency of the adds (and more of them took
     # registers the constants need).
     acc = cgutils.alloca_once_value(builder, zeros)
-    top_acc = cgutils.alloca_once_value(builder, neg_inf)
-    nans = cgutils.alloca_once_value(builder, ir.Constant(bty, [0] * lanes))
+    take_max, next_max = _running_max(builder, vty)
 
     def body(starts, mask, scaled):
         for start in starts:
             xv = _load_vector(builder, xa, start, vty, mask)
-            yv = _load_vector(builder, na, start, vty, mask)
-            if mask is not None:  # the other lanes: no term, no max
-                yv = builder.select(mask, yv, neg_inf)
             v = _fma(builder, xv, scale, neg_shift) if scaled else builder.fadd(xv, neg_shift)
             e = _table_exp_term(builder, spec, v)
-            if mask is not None:
+            if mask is not None:  # the other lanes: no term, no max
                 e = builder.select(mask, e, zeros)
             builder.store(builder.fadd(builder.load(acc), e), acc)
-            builder.store(_greater(builder, yv, builder.load(top_acc)), top_acc)
-            nan = builder.fcmp_unordered("uno", yv, yv)
-            builder.store(builder.or_(builder.load(nans), nan), nans)
+            take_max(_load_vector(builder, na, start, vty, mask), mask)
 
     _table_loops(builder, n, lanes, args[2], body)
     # The lanes, added by halves in float64 (a fixed tree).
@@ -1875,9 +1892,7 @@ def _exp_sum_max_codegen(context, builder, signature, args):
     if elt != ir.DoubleType():
         vec = builder.fpext(vec, ir.VectorType(ir.DoubleType(), lanes))
     total = _lane_halves(builder, vec, builder.fadd)
-    top = _lane_halves(builder, builder.load(top_acc), lambda a, b: _greater(builder, a, b))
-    top = _nan_if_flagged(builder, nans, top)
-    return context.make_tuple(builder, signature.return_type, [total, top])
+    return context.make_tuple(builder, signature.return_type, [total, next_max()])
 
 
 @intrinsic
@@ -2097,7 +2112,6 @@ def _exp_store_sum_max_codegen(context, builder, signature, args):
     elt = spec.float_type()
     lanes = spec.lanes
     vty = ir.VectorType(elt, lanes)
-    bty = ir.VectorType(ir.IntType(1), lanes)
     xa, oa, na = (
         context.make_array(t)(context, builder, a)
         for t, a in zip((xty, oty, nty), args[:3], strict=True)
@@ -2105,28 +2119,22 @@ def _exp_store_sum_max_codegen(context, builder, signature, args):
     n = builder.extract_value(xa.shape, 0)
     scale = _splat(builder, args[3], lanes)
     neg_shift = _splat(builder, builder.fneg(args[4]), lanes)
-    neg_inf = ir.Constant(vty, [-np.inf] * lanes)
     zeros = ir.Constant(vty, [0.0] * lanes)
     stored = _table_exp_stored(context, builder, xty.dtype)
     # An accumulator per vector of the unrolled loop (64 terms a lane at most
     # in a run of ACC_RUN float32), added in a fixed order at the end.
     accs = [cgutils.alloca_once_value(builder, zeros) for _ in range(EXP_SUM_UNROLL)]
-    top_acc = cgutils.alloca_once_value(builder, neg_inf)
-    nans = cgutils.alloca_once_value(builder, ir.Constant(bty, [0] * lanes))
+    take_max, next_max = _running_max(builder, vty)
 
     def body(starts, mask, scaled):
         values = []
         for start in starts:  # all loads (x may be out, nxt may be either), then the stores
             xv = _load_vector(builder, xa, start, vty, mask)
-            yv = _load_vector(builder, na, start, vty, mask)
-            if mask is not None:  # the other lanes: no term, no max
-                yv = builder.select(mask, yv, neg_inf)
+            take_max(_load_vector(builder, na, start, vty, mask), mask)
             v = _fma(builder, xv, scale, neg_shift) if scaled else builder.fadd(xv, neg_shift)
             e = stored(v)
+            # The other lanes of a masked vector: no term (nor max, above).
             values.append(e if mask is None else builder.select(mask, e, zeros))
-            builder.store(_greater(builder, yv, builder.load(top_acc)), top_acc)
-            nan = builder.fcmp_unordered("uno", yv, yv)
-            builder.store(builder.or_(builder.load(nans), nan), nans)
         for start, acc, e in zip(starts, accs, values, strict=False):
             _store_vector(builder, e, oa, start, mask)
             builder.store(_fadd_in_order(builder, builder.load(acc), e), acc)
@@ -2138,9 +2146,7 @@ def _exp_store_sum_max_codegen(context, builder, signature, args):
     if elt != ir.DoubleType():
         vec = builder.fpext(vec, ir.VectorType(ir.DoubleType(), lanes))
     total = _lane_halves(builder, vec, lambda a, b: _fadd_in_order(builder, a, b))
-    top = _lane_halves(builder, builder.load(top_acc), lambda a, b: _greater(builder, a, b))
-    top = _nan_if_flagged(builder, nans, top)
-    return context.make_tuple(builder, signature.return_type, [total, top])
+    return context.make_tuple(builder, signature.return_type, [total, next_max()])
 
 
 @intrinsic

@@ -412,6 +412,7 @@ def _exp_store_sum_next_max_overload(x, out, nxt, scale, m, in_place):
 
 @njit(fastmath=FASTMATH, inline="always", **JIT)
 def _table_exp_store_sum(x, out, nxt, scale, m):
+    """:func:`exp_store_sum_next_max` by :func:`exp_store_sum_max`, per run."""
     m_next = nxt[0]
     total = 0.0
     n = x.size
