@@ -17,6 +17,8 @@ from fastmax._kernels._math import (
     SEGMENT_FAST_MAX,
     SEGMENT_MAX,
     SEGMENT_SUM,
+    SPREAD_SCALE,
+    SPREAD_SHIFT,
     SUM_ACCUMULATORS,
     SUM_LANES,
     TABLE_EXP,
@@ -35,6 +37,7 @@ from fastmax._kernels._math import (
     exp_write,
     fmaximum,
     is_single,
+    log_minus,
     log_pos,
     log_pos32,
     log_pos32_wide,
@@ -48,6 +51,7 @@ from fastmax._kernels._math import (
     segment_allreduce,
     segment_rows,
     segment_spread,
+    segment_spread_write,
     shifted_row,
     stack_array,
     stream_copy,
@@ -222,6 +226,72 @@ def test_log_pos_accuracy_over_the_normal_range(dtype):
     ulps = np.abs(got[nonzero] - ref[nonzero]) / np.spacing(np.abs(ref[nonzero]).astype(dtype))
     assert ulps.max() <= 1.0, ulps.max()
     assert got[x == 1.0].tolist() == [0.0]
+
+
+@njit(fastmath=FASTMATH, cache=False, error_model="numpy")
+def log_minus_loop(x, c, out):
+    for i in range(x.size):
+        out[i] = log_minus(x[i], c[i])
+
+
+def test_log_minus_error_is_of_the_difference():
+    """log_minus(x, c) = log(x) - c for c near log(x) (a row's max against
+    the log of its sum of exponentials), over the positive normal float64
+    numbers: within 2 ulps of the difference plus 1, where log_pos(x) - c
+    rounds log(x) first and is off by up to half an ulp of log(x) (2^-44 at
+    700).  log_minus(x, 0) is log_pos(x)."""
+    info = np.finfo(np.float64)
+    rng = np.random.default_rng(3)
+    # Mantissas and exponents drawn apart: exp of a float64 would have a log
+    # within 1e-16 of that float64, and log(x) rounded no error to find.
+    x = np.ldexp(rng.uniform(1.0, 2.0, 300_000), rng.integers(-1022, 1024, 300_000))
+    c = np.log(x) - rng.uniform(0.0, 3.0, x.size)  # log(x) - c in [0, 3]
+    got, logs = np.empty_like(x), np.empty_like(x)
+    log_minus_loop(x, c, got)
+    log_loop(x, logs)
+    naive = logs - c
+    ref = np.log(x.astype(np.longdouble)) - c.astype(np.longdouble)
+    err = (np.abs(got - ref) / (info.eps * (np.abs(ref) + 1))).astype(np.float64)
+    assert err.max() <= 2.0, err.max()
+    naive_err = (np.abs(naive - ref) / (info.eps * (np.abs(ref) + 1))).astype(np.float64)
+    assert naive_err.max() > 50 * err.max()  # what the shift taken first saves
+    log_minus_loop(x, np.zeros_like(x), got)
+    np.testing.assert_array_equal(got, logs)
+
+
+@njit(fastmath=FASTMATH, cache=False)
+def _spread_write(src, hi, lo, dst, scale, seg, shift):
+    if shift:
+        segment_spread_write(src, hi, lo, dst, scale, seg, SPREAD_SHIFT)
+    else:
+        segment_spread_write(src, hi, lo, dst, scale, seg, SPREAD_SCALE)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("seg", [2, 8])
+def test_segment_spread_write_keeps_its_order_in_fast_math(dtype, seg):
+    """segment_spread_write from a fast-math caller: SPREAD_SHIFT gives
+    exactly ``(src - hi) - lo`` in that order, with ``lo`` below an ulp of
+    ``hi`` (``src - (hi + lo)``, which reassociation would allow, rounds
+    ``lo`` away), and SPREAD_SCALE exactly ``src * hi``; in place too."""
+    lanes = VECTOR_BYTES // np.dtype(dtype).itemsize
+    if seg > lanes:
+        pytest.skip("segment wider than a vector")
+    rng = np.random.default_rng(seg)
+    src = (1e5 + rng.standard_normal(3 * seg * lanes) * 4).astype(dtype)
+    hi = src.reshape(-1, seg).max(1)
+    lo = (rng.uniform(0.2, 0.4, hi.size) * (1 + np.finfo(dtype).eps)).astype(dtype)
+    one = dtype(1.0)
+    expected = (src - np.repeat(hi, seg)) - np.repeat(lo, seg)
+    assert not np.array_equal(expected, src - np.repeat(hi + lo, seg))
+    dst = np.empty_like(src)
+    _spread_write(src, hi, lo, dst, one, seg, True)
+    np.testing.assert_array_equal(dst, expected)
+    y = src.copy()
+    _spread_write(y, hi, lo, y, one, seg, True)
+    np.testing.assert_array_equal(y, expected)
+    _spread_write(src, lo, lo, dst, one, seg, False)
+    np.testing.assert_array_equal(dst, src * np.repeat(lo, seg))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -6,11 +6,13 @@ in scalar remainders.  These kernels instead treat a block of rows as one
 flat array, so every loop is a full-width vector loop.
 
 * Where every value of a block is within :func:`exp_bounded`'s bound (80 in
-  float32, 700 in float64), softmax, float32 log_softmax, logsumexp and the
+  float32, 700 in float64), softmax, log_softmax, logsumexp and the
   cross-entropy take ``exp(v)`` with no shift (:func:`_block_exp`): one exp
-  pass and no max.  Each row's sum comes from :func:`segment_rows` (a tree
-  over whole vectors, one row per lane of the result), per-row values go
-  back to the row's lanes by :func:`segment_spread`.
+  pass (float64 log_softmax also takes the rows' maxima, for the accuracy
+  of its logs, but no exponential of ``v - max``).  Each row's sum comes
+  from :func:`segment_rows` (a tree over whole vectors, one row per lane of
+  the result), per-row values go back to the row's lanes by
+  :func:`segment_spread`.
 * Other blocks take the shifted path: each row's max and sum reduced inside
   the vectors by :func:`segment_allreduce` (every lane of a row ends up
   holding them), or for log_softmax by the trees.
@@ -41,6 +43,7 @@ from ._math import (
     fmaximum,
     is_single,
     like,
+    log_minus,
     log_pos,
     log_positive,
     log_scaled,
@@ -215,30 +218,23 @@ def _broadcast_rows(vals, lanes_out, n_cols):
 
 
 @njit(fastmath=FASTMATH, **JIT)
-def _softmax_write(xb, ob, scale, m, e, u, rows, log):
-    """``e / sum`` or ``(v - m) - log(sum)``.  Logs, and float64 reciprocals
-    (a float64 vector division costs as much as 1.4 cycles per element), are
-    taken once per row (``rows`` is scratch) and broadcast to the lanes of
-    ``u``; float32 divides in every lane (cheaper than the broadcast)."""
-    n_cols = xb.size // rows.size
-    if log:
-        for i in range(rows.size):  # a strided loop: not vectorized
-            rows[i] = u[i * n_cols]
-        for i in range(rows.size):
-            rows[i] = like(log_pos(np.float64(rows[i])), rows[0])
-        _broadcast_rows(rows, u, n_cols)
-        for k in range(xb.size):
-            ob[k] = (xb[k] * scale - m[k]) - u[k]
-    elif is_single(e):
-        for k in range(xb.size):
+def _softmax_write(e, ob, u, rows):
+    """``ob = e / sum`` from :func:`_block_stats`' ``e`` and ``u``.  Float64
+    reciprocals (a float64 vector division costs as much as 1.4 cycles per
+    element) are taken once per row (``rows`` is scratch) and broadcast to
+    the lanes of ``u``; float32 divides in every lane (cheaper than the
+    broadcast)."""
+    n_cols = e.size // rows.size
+    if is_single(e):
+        for k in range(e.size):
             ob[k] = e[k] / u[k]
     else:
-        for i in range(rows.size):
+        for i in range(rows.size):  # a strided loop: not vectorized
             rows[i] = u[i * n_cols]
         for i in range(rows.size):
             rows[i] = 1.0 / rows[i]
         _broadcast_rows(rows, u, n_cols)
-        for k in range(xb.size):
+        for k in range(e.size):
             ob[k] = e[k] * u[k]
 
 
@@ -247,15 +243,29 @@ def _softmax_direct(xb, ob, scale, log, e, rows, lows):
     """softmax / log_softmax of a block from :func:`_block_exp`'s ``e``: the
     rows' sums (:func:`segment_rows`), per row the reciprocal or the log,
     then one vector pass that spreads them back to the rows' lanes in
-    registers (:func:`segment_spread_write`).  The float64 log takes the
-    shifted path (its ``v - log(sum)`` would lose the low bits of
-    ``log(sum)`` where ``v - max`` loses none).  Against spreads to scratch
+    registers (:func:`segment_spread_write`).  Against spreads to scratch
     and a loop over it, same-process pairs, 4M x 8, two threads, copy
     floors: softmax float32 1.11 -> 1.04 and float64 2.24 -> 1.85,
-    log_softmax float32 1.67 -> 1.47."""
+    log_softmax float32 1.67 -> 1.47.
+
+    The log must not lose the low bits of ``log(sum)`` (``v - log(sum)``
+    rounded once would, where ``v - max`` loses none): float32 takes the log
+    in float64 and splits it into two floats, ``(v - hi) - lo``; float64
+    takes the rows' maxima (a tree over ``xb``) and ``(v - max) - (log(sum)
+    - max)``, the second term by :func:`log_minus`, as accurate as the
+    shifted path's ``log(sum(exp(v - max)))`` without its exponentials of
+    ``v - max`` (4M x 8, two threads, same-process rounds: 1.008 -> 0.540
+    ns an element)."""
     n_cols = xb.size // rows.size
     segment_rows(e, rows, n_cols, SEGMENT_SUM)
-    if log:
+    if log and not is_single(xb):
+        segment_rows(xb, lows, n_cols, SEGMENT_FAST_MAX)  # all finite: no NaN to drop
+        for i in range(rows.size):
+            top = lows[i] * scale  # max(v): scale > 0 and rounding is monotonic
+            lows[i] = log_minus(rows[i], top)
+            rows[i] = top
+        segment_spread_write(xb, rows, lows, ob, scale, n_cols, SPREAD_SHIFT)
+    elif log:
         for i in range(rows.size):
             lg = log_pos(np.float64(rows[i]))
             hi = like(lg, rows[0])
@@ -276,8 +286,7 @@ def _log_softmax_shifted(xb, ob, scale, m, e, u, rows, sums):
     the rows' maxima and sums from :func:`segment_rows`, the maxima spread
     back by :func:`segment_spread` for the exponentials, and both in the
     write pass by :func:`segment_spread_write` (about half the work of
-    :func:`_block_stats`' reductions in every lane and
-    :func:`_softmax_write`'s broadcast).
+    :func:`_block_stats`' reductions in every lane and a broadcast).
     False (``ob`` unwritten) if some row is not all finite, by the rule of
     :func:`_block_stats`."""
     n_cols = xb.size // rows.size
@@ -302,21 +311,17 @@ def _log_softmax_shifted(xb, ob, scale, m, e, u, rows, sums):
 @njit(fastmath=FASTMATH, **JIT)
 def _softmax_block(xb, ob, scale, log, m, e, u, rows, lows, ahead, ahead_out):
     """softmax / log_softmax of one block (``ob`` may be ``xb``): the direct
-    path if the block is within :func:`_block_exp`'s bound (float64
-    log_softmax excepted), else the shifted one.  False if the block has
+    path if the block is within :func:`_block_exp`'s bound, else the
+    shifted one.  False if the block has
     rows that are not all finite (``ob`` unwritten).  ``ahead`` is
     prefetched (by :func:`_block_exp`, or at once)."""
-    direct = is_single(xb) or not log
-    if direct and _block_exp(xb, scale, e, ahead, ahead_out):
+    if _block_exp(xb, scale, e, ahead, ahead_out):
         _softmax_direct(xb, ob, scale, log, e, rows, lows)
         return True
-    if not direct:
-        prefetch_to_l2(ahead)
-        prefetch_for_write(ahead_out)
     if log:
         return _log_softmax_shifted(xb, ob, scale, m, e, u, rows, lows)
     if _block_stats(xb, scale, m, e, u, xb.size // rows.size):
-        _softmax_write(xb, ob, scale, m, e, u, rows, log)
+        _softmax_write(e, ob, u, rows)
         return True
     return False
 
