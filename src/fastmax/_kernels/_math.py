@@ -1642,13 +1642,16 @@ def scaled_difference(typingctx, y, v, out, s):
 
 @intrinsic
 def shifted_row(typingctx, x, out, scale, hi, lo):
-    """``out = (x * scale - hi) - lo``, in this order, written as
+    """``out = (x * scale - hi) - lo``, in this order (flagged so that LLVM
+    cannot make it ``x * scale - (hi + lo)``), written as
     :func:`_row_write_codegen` says (unit strides; ``out`` may be ``x``)."""
     if not _row_write_types((x, out), (scale, hi, lo)):
         return None
-    return types.none(x, out, scale, hi, lo), _row_write_codegen(
-        1, lambda b, vec, sc: b.fsub(b.fsub(b.fmul(vec[0], sc[0]), sc[1]), sc[2])
-    )
+
+    def shifted(b, vec, sc):
+        return _fsub_in_order(b, _fsub_in_order(b, b.fmul(vec[0], sc[0]), sc[1]), sc[2])
+
+    return types.none(x, out, scale, hi, lo), _row_write_codegen(1, shifted)
 
 
 # --- sums of exponentials: an explicit AVX-512 loop ------------------------
