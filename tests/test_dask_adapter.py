@@ -87,3 +87,25 @@ def test_bad_targets_raise_at_compute(client, rng):
     loss = fd.softmax_cross_entropy(dx, da.from_array(np.array([0, 1, 7, 2, 3, 4]), chunks=3))
     with pytest.raises(ValueError, match="target 7"):
         loss.compute()
+
+
+def test_rows_far_from_zero_keep_their_precision(client, rng):
+    """Rows near 1e4 in float32: the chunks' logsumexp is taken of the rows
+    shifted by their max, so log_softmax, softmax and the per-sample
+    cross-entropy are as accurate as fastmax's in-memory kernels (a
+    logsumexp rounded to an ulp of 1e4, 5e-4, took their low bits)."""
+    x = (rng.standard_normal((40, 300)) * 3 + 1e4).astype(np.float32)
+    x[5, :] = -np.inf  # rows without a finite max keep SciPy's answers
+    x[7, 250] = np.inf
+    x[9, 3] = np.nan
+    dx = da.from_array(x, chunks=(20, 64))
+    ref.assert_matches(fd.log_softmax(dx).compute(), fastmax.log_softmax(x), np.float32, scale=50)
+    ref.assert_matches(fd.softmax(dx).compute(), fastmax.softmax(x), np.float32)
+    finite = x[10:]
+    t = rng.integers(0, 300, finite.shape[0])
+    got = fd.softmax_cross_entropy(
+        da.from_array(finite, chunks=(15, 64)), da.from_array(t, chunks=10), reduction="none"
+    ).compute()
+    np.testing.assert_allclose(
+        got, fastmax.softmax_cross_entropy(finite, t, reduction="none"), rtol=2e-5, atol=1e-6
+    )
