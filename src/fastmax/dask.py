@@ -4,7 +4,9 @@ outgrows one machine.  Runs on any dask scheduler, ``dask.distributed`` included
 A reduced axis split over many chunks is never rechunked into one block:
 each chunk is reduced to its logsumexp by fastmax, the chunk results are
 merged by a tree reduction (logsumexp of logsumexps: the online-softmax rule),
-and the outputs are then computed blockwise.
+and the outputs are then computed blockwise.  softmax, log_softmax and the
+cross-entropy first take the max over the axis (one more pass) and reduce the
+rows shifted by it (:func:`_shift_by_max`).
 """
 
 from __future__ import annotations
