@@ -312,9 +312,9 @@ def _log_softmax_shifted(xb, ob, scale, m, e, u, rows, sums):
 def _softmax_block(xb, ob, scale, log, m, e, u, rows, lows, ahead, ahead_out):
     """softmax / log_softmax of one block (``ob`` may be ``xb``): the direct
     path if the block is within :func:`_block_exp`'s bound, else the
-    shifted one.  False if the block has
-    rows that are not all finite (``ob`` unwritten).  ``ahead`` is
-    prefetched (by :func:`_block_exp`, or at once)."""
+    shifted one.  False if the block has rows that are not all finite
+    (``ob`` unwritten).  ``ahead`` and ``ahead_out`` are prefetched by
+    :func:`_block_exp`, whichever path follows."""
     if _block_exp(xb, scale, e, ahead, ahead_out):
         _softmax_direct(xb, ob, scale, log, e, rows, lows)
         return True
