@@ -199,9 +199,9 @@ def softmax_cross_entropy(
         )
         keep = t != ignore_index
         hot = _along(da.arange(n_classes, chunks=x.chunks[ax]), x.ndim, ax) == da.expand_dims(t, ax)
-        x_t = da.where(hot, shifted, 0).sum(axis=ax)
+        shifted_t = da.where(hot, shifted, 0).sum(axis=ax)
         w_t = da.where(hot, w_along, 0).sum(axis=ax)
-        per = da.where(keep, (1.0 - eps) * w_t * (lse_s - x_t), 0.0)
+        per = da.where(keep, (1.0 - eps) * w_t * (lse_s - shifted_t), 0.0)
         if eps > 0:
             smooth = float(w.sum()) * lse_s - (shifted * w_along).sum(axis=ax)
             per = per + da.where(keep, eps / n_classes * smooth, 0.0)
