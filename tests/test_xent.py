@@ -538,7 +538,8 @@ def test_results_do_not_depend_on_thread_count(rng):
 @pytest.mark.parametrize("kind", ["index", "prob"])
 def test_no_full_size_temporaries(kind, rng):
     x, t = _problem(rng, (16384, 512), -1, np.float32, kind)  # 32 MiB of logits
-    fastmax.softmax_cross_entropy_with_grad(x.copy(), t, out=None)  # compile first
+    fastmax.softmax_cross_entropy(x, t)  # compile both first
+    fastmax.softmax_cross_entropy_with_grad(x.copy(), t, out=None)
     buf = x.copy()
     fastmax.softmax_cross_entropy_with_grad(buf, t, out=buf)
     for fn in ("forward", "fused"):
@@ -608,3 +609,50 @@ def test_other_errors(rng):
     np.testing.assert_allclose(
         f(x, t2, ignore_index=7), ref.cross_entropy(x, t2, ignore_index=7), rtol=1e-12
     )
+
+
+def _exact_nll(x, t, axis, ignore_index=-100):
+    """Each sample's ``lse - x[t]`` in long double, as ``(max - x[t]) + log(sum(
+    exp(x - max)))`` (0 for an ignored sample)."""
+    v = np.moveaxis(np.asarray(x, np.longdouble), axis, -1)
+    m = v.max(axis=-1)
+    kept = t != ignore_index
+    xt = np.take_along_axis(v, np.where(kept, t, 0)[..., None], axis=-1)[..., 0]
+    nll = (m - xt) + np.log(np.exp(v - m[..., None]).sum(axis=-1))
+    return np.where(kept, nll, 0.0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(
+    "shape, axis",
+    [
+        ((3 * short.BLOCK_ELEMENTS // 2 + 5, 2), -1),  # short rows, and rows after the blocks
+        ((3 * short.BLOCK_ELEMENTS // 8 + 5, 8), -1),
+        ((64, 100), -1),  # small
+        ((5000, 100), -1),  # row kernels
+        ((6, 40000), -1),  # rows longer than a block
+        ((1, 300000), -1),  # one row split over the threads
+        ((3000, 50), 0),  # class axis first
+    ],
+    ids=["short2", "short8", "small", "rows", "long", "split", "axis0"],
+)
+@pytest.mark.parametrize("offset", [0.0, 1000.0, 1e5], ids=lambda o: f"offset{o:g}")
+def test_per_sample_losses_keep_their_precision_far_from_zero(dtype, shape, axis, offset, rng):
+    """Per-sample losses of logits far from 0, forward and fused, on every
+    path of index targets: within 4 ulps of the loss plus 4 ulps of 1 of an
+    exact computation.  A loss taken as ``lse - x[t]`` carries the rounding
+    of ``lse`` to an ulp of the largest logit (float64 near 1e5: 32,700 ulps
+    of the loss, as SciPy's ``logsumexp(x) - x[t]``)."""
+    eps = np.finfo(dtype).eps
+    x = (rng.standard_normal(shape) * 3 + offset).astype(dtype)
+    n_classes = shape[axis]
+    batch = shape[: axis % 2] + shape[axis % 2 + 1 :]
+    t = rng.integers(0, n_classes, size=batch)
+    t.flat[0] = -100
+    expected = _exact_nll(x, t, axis)
+    for got in (
+        fastmax.softmax_cross_entropy(x, t, axis=axis, reduction="none"),
+        fastmax.softmax_cross_entropy_with_grad(x, t, axis=axis, reduction="none")[0],
+    ):
+        err = np.abs(got - expected) / (eps * (np.abs(expected) + 1))
+        assert float(err.max()) <= 4.0, float(err.max())

@@ -271,9 +271,13 @@ def _index_terms(pb: _Problem, rows, index, m, total, xw, part_a, part_z, scale,
     t = np.where(kept, index, 0)
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         m64 = m.astype(np.float64)
-        lse = np.where(np.isfinite(m), m64 + np.log(total), m64)  # as reduce.lse_of_stats
+        finite = np.isfinite(m)
+        lse = np.where(finite, m64 + np.log(total), m64)  # as reduce.lse_of_stats
         wt = w[t].astype(np.float64)
-        a = (1.0 - eps) * wt * (lse - rows[np.arange(n_rows), t].astype(np.float64))
+        # lse - x[t] as (m - x[t]) + log(total): two terms of at most its size,
+        # not rounded to an ulp of lse (as xent.nll_and_lse)
+        xt = rows[np.arange(n_rows), t].astype(np.float64)
+        a = (1.0 - eps) * wt * np.where(finite, (m64 - xt) + np.log(total), lse - xt)
         if eps > 0.0:
             a = a + eps / n_classes * (total_w * lse - xw)
         part_a[:] = np.where(kept, a, 0.0)

@@ -332,16 +332,19 @@ def _at_overload(value, i):
 
 
 def is_single(arr):  # pragma: no cover - replaced by the overload in jitted code
-    return arr.dtype == np.float32
+    return np.asarray(arr).dtype == np.float32
 
 
 @overload(is_single, inline="always")
 def _is_single_overload(arr):
-    """Whether an array holds float32, as a compile-time constant (an array's
-    ``itemsize`` is a run-time field: a branch on it inside a loop keeps
-    the loop from vectorizing)."""
+    """Whether an array (or a float) holds float32, as a compile-time constant
+    (an array's ``itemsize`` is a run-time field: a branch on it inside a
+    loop keeps the loop from vectorizing)."""
     if isinstance(arr, types.Array):
         single = arr.dtype == types.float32
+        return lambda arr: single
+    if isinstance(arr, types.Float):
+        single = arr == types.float32
         return lambda arr: single
     return None
 

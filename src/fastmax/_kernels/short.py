@@ -73,7 +73,13 @@ from .softmax import (
     same_buffer,
     softmax_rows_cached_block,
 )
-from .xent import lse_grad_factor, target_status, xent_index_rows
+from .xent import (
+    finite_nll_and_lse,
+    nll_and_lse,
+    nll_grad_factor,
+    target_status,
+    xent_index_rows,
+)
 
 _xent_rows_serial = xent_index_rows.serial
 _hardmax_rows_serial = hardmax_rows.serial
@@ -508,11 +514,53 @@ def _target_logits(xb, tb, dst):
 
 
 @njit(fastmath=FASTMATH, **JIT)
-def _block_index_parts(xb, target, w, ignore_index, lse, r0, pa, pz):
+def _rows_stats(x, r0, scale, shift, total):
+    """``shift[i]``, ``total[i]``: row ``r0 + i``'s max and sum of ``exp(x *
+    scale - max)`` by the row kernels' rules."""
+    for i in range(shift.size):
+        shift[i], total[i] = row_max_sumexp(x[r0 + i], scale)
+
+
+@njit(fastmath=FASTMATH, **JIT)
+def _block_shifts_and_sums(x, xf, b, shift, total, ahead):
+    """Each row of block ``b``'s shift and sum of ``exp(x - shift)``: 0 and
+    the sum of ``exp(x)`` on :func:`_block_exp`'s direct path, else its max
+    and the sum of ``exp(x - max)`` (by the row kernels if some row is not
+    all finite); ``ahead`` is prefetched."""
+    xb, _, rows_per_block, n_cols = _block_of_rows(x, xf, b)
+    e = stack_array(BLOCK_ELEMENTS, x[0, 0])
+    if _block_exp(xb, like(1.0, x[0, 0]), e, ahead, ahead[:0]):
+        segment_rows(e, total, n_cols, SEGMENT_SUM)
+        for i in range(rows_per_block):
+            shift[i] = 0.0
+    else:
+        _block_shifted_stats(x, xf, b, shift, total, e)
+
+
+@njit(fastmath=FASTMATH, **JIT)
+def _block_shifted_stats(x, xf, b, shift, total, e):
+    """:func:`_block_shifts_and_sums` off the direct path: each row's max
+    and sum of ``exp(x - max)`` (``e`` is scratch)."""
+    xb, r0, rows_per_block, n_cols = _block_of_rows(x, xf, b)
+    one = like(1.0, x[0, 0])
+    m = stack_array(BLOCK_ELEMENTS, x[0, 0])
+    u = stack_array(BLOCK_ELEMENTS, x[0, 0])
+    if not _block_stats(xb, one, m, e, u, n_cols):
+        _rows_stats(x, r0, one, shift, total)
+        return
+    for i in range(rows_per_block):  # one lane per row
+        shift[i] = m[i * n_cols]
+        total[i] = u[i * n_cols]
+
+
+@njit(fastmath=FASTMATH, **JIT)
+def _block_index_parts(xb, target, w, ignore_index, lse, r0, pa, pz, shift, total):
     """:func:`xent.index_parts` of a block ``xb`` of rows (flat, from row
-    ``r0``), checking the targets as it reads them.  Returns how many rows
-    are kept and how many of those have a target outside ``[0, C)`` (their
-    parts are then not defined: the caller raises).
+    ``r0``), checking the targets as it reads them: from the rows'
+    logsumexps ``lse``, or, if ``total`` is not empty, from their shifts and
+    sums (:func:`xent.nll_and_lse`; ``lse`` is then scratch).  Returns how
+    many rows are kept and how many of those have a target outside ``[0,
+    C)`` (their parts are then not defined: the caller raises).
 
     The loads of the targets' logits (:func:`_target_logits`) take a loop
     of their own, the checks and the parts another.  Indices are unsigned
@@ -531,6 +579,12 @@ def _block_index_parts(xb, target, w, ignore_index, lse, r0, pa, pz):
     tb = target[r0 : r0 + rows]
     picked = stack_array(MAX_BLOCK_ROWS, 0.0)[:rows]
     _target_logits(xb, tb, picked)
+    if total.size:  # lse - x[t] in picked, and lse
+        for i in range(rows):
+            picked[i], lse[i] = nll_and_lse(shift[i], total[i], picked[i])
+    else:
+        for i in range(rows):
+            picked[i] = lse[i] - picked[i]
     unit = w.strides[0] == 0  # one weight for every class (a broadcast view)
     w0 = np.float64(w[0])
     kept = 0
@@ -541,7 +595,7 @@ def _block_index_parts(xb, target, w, ignore_index, lse, r0, pa, pz):
         kept += keep
         bad += out
         wt = w0 if unit else np.float64(w[_target_column(t, n_cols)])
-        pa[i] = wt * (lse[i] - picked[i]) if keep else 0.0
+        pa[i] = wt * picked[i] if keep else 0.0
         pz[i] = lse[i] * lse[i] if keep else 0.0
     return kept, bad
 
@@ -610,11 +664,16 @@ def _block_loss_total(x, xf, b, target, w, ignore_index, ahead):
         total, kept, bad = _sum_of_losses(sums, tb, picked, ignore_index, n_cols)
         return np.float64(w[0]) * total, kept, bad
     lse = stack_array(MAX_BLOCK_ROWS, 0.0)[:rows_per_block]
-    _block_logsumexp_shifted(x, xf, b, one, lse, e)
-    _refine_near_zero(x, r0, one, lse)
+    shift = stack_array(MAX_BLOCK_ROWS, x[0, 0])[:rows_per_block]
+    total = stack_array(MAX_BLOCK_ROWS, x[0, 0])[: 0 if is_single(x) else rows_per_block]
+    if total.size:  # float64: from the shifts and sums (xent.finite_nll_and_lse)
+        _block_shifted_stats(x, xf, b, shift, total, e)
+    else:
+        _block_logsumexp_shifted(x, xf, b, one, lse, e)
+        _refine_near_zero(x, r0, one, lse)
     pa = stack_array(MAX_BLOCK_ROWS, 0.0)[:rows_per_block]
     pz = stack_array(MAX_BLOCK_ROWS, 0.0)[:rows_per_block]
-    kept, bad = _block_index_parts(xb, target, w, ignore_index, lse, r0, pa, pz)
+    kept, bad = _block_index_parts(xb, target, w, ignore_index, lse, r0, pa, pz, shift, total)
     return ordered_sum(pa), kept, bad
 
 
@@ -637,10 +696,14 @@ def xent_index_short_rows(x, target, w, ignore_index, part_a, part_z, sums, coun
     xf = x.reshape(-1)
     # Block sums without z-loss parts, of unit weights: no per-row logsumexp.
     totals = sums and part_z.size == 0 and w.strides[0] == 0
+    # Float64 parts come from the rows' shifts and sums (xent.finite_nll_and_lse).
+    stats = not is_single(x)
     for task in prange(n_tasks):
         lse = stack_array(MAX_BLOCK_ROWS, 0.0)[:rows_per_block]
         pa = stack_array(MAX_BLOCK_ROWS, 0.0)[:rows_per_block]
         pz = stack_array(MAX_BLOCK_ROWS, 0.0)[:rows_per_block]
+        shift = stack_array(MAX_BLOCK_ROWS, x[0, 0])[:rows_per_block]
+        total = stack_array(MAX_BLOCK_ROWS, x[0, 0])[: rows_per_block if stats else 0]
         b0, b1 = block_bounds(task, n_blocks, n_tasks)
         for b in range(b0, b1):
             prefetch_block(target, b, b1, rows_per_block)
@@ -651,9 +714,13 @@ def xent_index_short_rows(x, target, w, ignore_index, part_a, part_z, sums, coun
                     x, xf, b, target, w, ignore_index, block_ahead(xf, b, b1, BLOCK_ELEMENTS)
                 )
                 continue
-            _block_logsumexp(x, xf, b, one, lse, block_ahead(xf, b, b1, BLOCK_ELEMENTS))
+            ahead = block_ahead(xf, b, b1, BLOCK_ELEMENTS)
+            if stats:
+                _block_shifts_and_sums(x, xf, b, shift, total, ahead)
+            else:
+                _block_logsumexp(x, xf, b, one, lse, ahead)
             counts[b, 0], counts[b, 1] = _block_index_parts(
-                xf[k0 : k0 + BLOCK_ELEMENTS], target, w, ignore_index, lse, r0, pa, pz
+                xf[k0 : k0 + BLOCK_ELEMENTS], target, w, ignore_index, lse, r0, pa, pz, shift, total
             )
             _store_parts(pa, pz, part_a, part_z, b, r0, sums)
     r0 = n_blocks * rows_per_block
@@ -661,10 +728,17 @@ def xent_index_short_rows(x, target, w, ignore_index, part_a, part_z, sums, coun
     lse = stack_array(MAX_BLOCK_ROWS, 0.0)[:tail]
     pa = stack_array(MAX_BLOCK_ROWS, 0.0)[:tail]
     pz = stack_array(MAX_BLOCK_ROWS, 0.0)[:tail]
+    shift = stack_array(MAX_BLOCK_ROWS, x[0, 0])[:tail]
+    total = stack_array(MAX_BLOCK_ROWS, x[0, 0])[: tail if stats else 0]
     kept = bad = 0
     if tail:  # the rows after the last full block, as one more (short) block
-        _rows_logsumexp(x, r0, one, lse)
-        kept, bad = _block_index_parts(xf[r0 * n_cols :], target, w, ignore_index, lse, r0, pa, pz)
+        if stats:
+            _rows_stats(x, r0, one, shift, total)
+        else:
+            _rows_logsumexp(x, r0, one, lse)
+        kept, bad = _block_index_parts(
+            xf[r0 * n_cols :], target, w, ignore_index, lse, r0, pa, pz, shift, total
+        )
     counts[n_blocks, 0], counts[n_blocks, 1] = kept, bad
     _store_parts(pa, pz, part_a, part_z, n_blocks, r0, sums)
 
@@ -749,13 +823,13 @@ def _xent_grad_factors(
     _target_logits(xb, tb, a_nll)  # in a_nll until it is set
     unit = w.strides[0] == 0  # one weight for every class (a broadcast view)
     w0 = np.float64(w[0])
-    for i in range(rows):  # the rows' logsumexps, in pz until it is set
-        pz[i] = np.float64(shift[i]) + log_pos(np.float64(sums[i]))
+    for i in range(rows):  # lse - x[t] and lse, in pa and pz until they are set
+        pa[i], pz[i] = finite_nll_and_lse(shift[i], sums[i], a_nll[i])
     for i in range(rows):
         t = tb[i]
         wt = w0 if unit else np.float64(w[_target_column(t, n_cols)])
-        pa[i], pz[i], a_nll[i], f = lse_grad_factor(
-            t != ignore_index, a_nll[i], wt, pz[i], np.float64(sums[i]), sb[i], szb[i], z_loss
+        pa[i], pz[i], a_nll[i], f = nll_grad_factor(
+            t != ignore_index, pa[i], pz[i], wt, np.float64(sums[i]), sb[i], szb[i], z_loss
         )
         factor[i] = like(f, factor[0])
 

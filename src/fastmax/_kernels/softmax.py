@@ -656,17 +656,19 @@ def softmax_small_direct(xf, of, n_cols, scale, log, total):
 SMALL_CHUNK = 4096
 
 
-@njit(fastmath=FASTMATH, inline="always", **JIT)
-def small_rows_lse(x, scale, lse):
-    """Each row's ``log(sum(exp(x * scale)))`` into ``lse`` (float64; a
-    non-finite max passes through) for at most :data:`SMALL_ROWS` rows, in
+@njit(fastmath=FASTMATH, **JIT)
+def small_rows_stats(x, scale, shift, total):
+    """Each row's shift (0, or its max) into ``shift`` and its sum of
+    ``exp(x * scale - shift)`` into ``total`` (float64; NaN or inf sums
+    where the max is not finite) for at most :data:`SMALL_ROWS` rows, in
     passes over all rows: rows are independent within a pass, so the CPU
     overlaps them, which the pipelined kernels' row-to-row dependency
     prevents (as in :func:`softmax_rows_small`).  A C-contiguous input whose
     values are all within the exp bound skips the maxima: its exponentials
     are taken unshifted (the same rounding as shifted sums; see
     :func:`exp_within_bound`), in one loop over :data:`SMALL_CHUNK` elements
-    of whole rows at a time, then summed per row."""
+    of whole rows at a time, then summed per row.  Returns whether it did
+    (the shifts then are 0)."""
     n, n_cols = x.shape
     one = like(1.0, x[0, 0])
     direct = n_cols <= ACC_RUN and is_c_contiguous(x)
@@ -682,14 +684,30 @@ def small_rows_lse(x, scale, lse):
                 break
             for r in range(r0, r1):
                 k0 = (r - r0) * n_cols
-                lse[r] = log_pos(ordered_sum(buf[k0 : k0 + n_cols]))
+                shift[r] = 0.0
+                total[r] = ordered_sum(buf[k0 : k0 + n_cols])
     if not direct:
-        shift = stack_array(SMALL_ROWS, one)[:n]
         for r in range(n):
             shift[r] = row_max(x[r]) * scale
         for r in range(n):
-            total, _ = sumexp_next_max(x[r], x[r], scale, shift[r])
-            lse[r] = lse_of_stats(shift[r], total)
+            row_total, _ = sumexp_next_max(x[r], x[r], scale, shift[r])
+            total[r] = row_total
+    return direct
+
+
+@njit(fastmath=FASTMATH, inline="always", **JIT)
+def small_rows_lse(x, scale, lse):
+    """Each row's ``log(sum(exp(x * scale)))`` into ``lse`` (float64; a
+    non-finite max passes through) from :func:`small_rows_stats`."""
+    n = x.shape[0]
+    shift = stack_array(SMALL_ROWS, like(1.0, x[0, 0]))[:n]
+    total = stack_array(SMALL_ROWS, 0.0)[:n]
+    if small_rows_stats(x, scale, shift, total):
+        for r in range(n):
+            lse[r] = log_pos(total[r])
+    else:
+        for r in range(n):
+            lse[r] = lse_of_stats(shift[r], total[r])
 
 
 @njit(fastmath=FASTMATH, **JIT)

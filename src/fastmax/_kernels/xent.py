@@ -32,7 +32,9 @@ from ._math import (
     flat_view,
     fmaximum,
     is_c_contiguous,
+    is_single,
     like,
+    log_minus,
     log_pos,
     ordered_sum,
     stack_array,
@@ -54,6 +56,7 @@ from .softmax import (
     prefetch_in_place_ahead,
     same_buffer,
     small_rows_lse,
+    small_rows_stats,
     write_row,
     write_row_per_column,
 )
@@ -69,6 +72,35 @@ def target_status(t, n_classes, ignore_index):
     it is kept and outside ``[0, C)``: no branch, so loops of it vectorize."""
     keep = t != ignore_index
     return keep, keep & ((t < 0) | (t >= n_classes))
+
+
+@njit(fastmath=FASTMATH, inline="always", **JIT)
+def nll_and_lse(shift, total, xt):
+    """A row's ``(lse - x[t], lse)`` in float64 from its ``shift`` (0, or its
+    max: a non-finite one passes through as in :func:`lse_of_stats`), the
+    sum ``total`` of ``exp(x - shift)`` and its target's logit ``xt``, by
+    :func:`finite_nll_and_lse` where ``shift`` is finite."""
+    if math.isfinite(shift):
+        return finite_nll_and_lse(shift, total, xt)
+    lse = np.float64(shift)
+    return lse - np.float64(xt), lse
+
+
+@njit(fastmath=FASTMATH, inline="always", **JIT)
+def finite_nll_and_lse(shift, total, xt):
+    """:func:`nll_and_lse` for a finite ``shift`` (``total`` then is a
+    positive normal number).  Float64 logits take ``log(total) - (xt -
+    shift)`` by :func:`log_minus`, whose error is of the order of an ulp of
+    the loss, and ``lse`` from it: ``lse - xt`` carries the rounding of
+    ``lse`` to an ulp of the row's largest logit (logits near 1e5: 32,700
+    ulps of the loss; near 1000: 256).  Float32 logits take ``lse - xt``:
+    float64 parts of float32 values are well within float32's precision."""
+    x_t = np.float64(xt)
+    if is_single(shift):
+        lse = np.float64(shift) + log_pos(np.float64(total))
+        return lse - x_t, lse
+    nll = log_minus(np.float64(total), x_t - np.float64(shift))
+    return nll, nll + x_t
 
 
 @njit(fastmath=FASTMATH, **JIT)
@@ -249,9 +281,9 @@ def xent_index_rows(
             xt = np.float64(xr[t])  # before the pass may overwrite it (in place)
             orow = out[r] if write_grad else out[0]
             total, _, xw, m_next = row_pass(xr, nxt, w, w, orow, m, smoothing, write_grad, False)
-            lse = lse_of_stats(m, total)
+            nll, lse = nll_and_lse(m, total, xt)
             wt = np.float64(w[t])
-            a = (1.0 - smoothing) * wt * (lse - xt)
+            a = (1.0 - smoothing) * wt * nll
             if smoothing > 0.0:
                 a += smoothing / n_classes * (total_w * lse - xw)
             part_a[r] = a
@@ -268,9 +300,22 @@ def xent_index_rows(
 
 
 @njit(fastmath=FASTMATH, inline="always", **JIT)
-def set_index_part(x, target, w, ignore_index, r, lse, part_a, part_z, p):
+def set_index_part(x, target, w, ignore_index, r, shift, total, part_a, part_z, p):
     """``part_a[p] = w[t] * (lse - x[r, t])`` and ``part_z[p] = lse**2`` for
-    row ``r`` and its target ``t`` (0 for an ignored row), without branches."""
+    row ``r`` and its target ``t`` (0 for an ignored row) from the row's
+    shift and sum (:func:`nll_and_lse`)."""
+    t = target[r]
+    keep = t != ignore_index
+    tt = t if keep else 0
+    nll, lse = nll_and_lse(shift, total, x[r, tt])
+    part_a[p] = np.float64(w[tt]) * nll if keep else 0.0
+    part_z[p] = lse * lse if keep else 0.0
+
+
+@njit(fastmath=FASTMATH, inline="always", **JIT)
+def set_index_part_of_lse(x, target, w, ignore_index, r, lse, part_a, part_z, p):
+    """:func:`set_index_part` from the row's float64 logsumexp ``lse``
+    (float32 logits: see :func:`finite_nll_and_lse`), without branches."""
     t = target[r]
     keep = t != ignore_index
     tt = t if keep else 0
@@ -280,11 +325,21 @@ def set_index_part(x, target, w, ignore_index, r, lse, part_a, part_z, p):
 
 
 @njit(fastmath=FASTMATH, **JIT)
-def index_parts(x, target, w, ignore_index, lse, r0, part_a, part_z, p0):
-    """Per row ``r0 + i``: :func:`set_index_part` from ``lse[i]`` into
-    ``p0 + i``, in a loop without branches (it vectorizes)."""
-    for i in range(lse.size):
-        set_index_part(x, target, w, ignore_index, r0 + i, lse[i], part_a, part_z, p0 + i)
+def index_parts(x, target, w, ignore_index, shift, total, r0, part_a, part_z, p0):
+    """Per row ``r0 + i``: :func:`set_index_part` from ``shift[i]`` and
+    ``total[i]`` into ``p0 + i``, or, for ``total`` empty,
+    :func:`set_index_part_of_lse` from ``shift[i]``, the rows' logsumexps,
+    in a loop without branches (it vectorizes)."""
+    if total.size:
+        for i in range(shift.size):
+            set_index_part(
+                x, target, w, ignore_index, r0 + i, shift[i], total[i], part_a, part_z, p0 + i
+            )
+    else:
+        for i in range(shift.size):
+            set_index_part_of_lse(
+                x, target, w, ignore_index, r0 + i, shift[i], part_a, part_z, p0 + i
+            )
 
 
 @njit(fastmath=FASTMATH, **JIT)
@@ -303,7 +358,7 @@ def index_forward_block(x, target, w, ignore_index, part_a, part_z, r0, r1):
     for r in range(r0, r1):
         m = m_next
         total, m_next = row_sumexp_next_max(x, r, r1, one, m, far)
-        set_index_part(x, target, w, ignore_index, r, lse_of_stats(m, total), part_a, part_z, r)
+        set_index_part(x, target, w, ignore_index, r, m, total, part_a, part_z, r)
 
 
 @njit(fastmath=FASTMATH, **JIT)
@@ -314,11 +369,10 @@ def index_forward_long_rows(x, target, w, ignore_index, part_a, part_z, r0, r1):
     float32 against 1.65), and ignored rows not at all."""
     one = like(1.0, x[r0, 0])
     for r in range(r0, r1):
-        lse = 0.0
+        m, total = like(0.0, one), 1.0  # an ignored row's parts are 0
         if target[r] != ignore_index:
             m, total = row_max_sumexp(x[r], one)
-            lse = lse_of_stats(m, total)
-        set_index_part(x, target, w, ignore_index, r, lse, part_a, part_z, r)
+        set_index_part(x, target, w, ignore_index, r, m, total, part_a, part_z, r)
 
 
 @driver
@@ -345,11 +399,18 @@ def xent_index_rows_small(x, target, w, ignore_index, part_a, part_z):
     ``part_a``/``part_z`` if they have a row's length (else they stay on the
     stack); returns their sums (:func:`ordered_sum`: a fixed order)."""
     n = x.shape[0]
-    lse = stack_array(SMALL_ROWS, 0.0)[:n]
+    one = like(1.0, x[0, 0])
     pa = part_a if part_a.size == n else stack_array(SMALL_ROWS, 0.0)[:n]
     pz = part_z if part_z.size == n else stack_array(SMALL_ROWS, 0.0)[:n]
-    small_rows_lse(x, like(1.0, x[0, 0]), lse)
-    index_parts(x, target, w, ignore_index, lse, 0, pa, pz, 0)
+    if is_single(x):  # the rows' logsumexps (see finite_nll_and_lse)
+        lse = stack_array(SMALL_ROWS, 0.0)[:n]
+        small_rows_lse(x, one, lse)
+        index_parts(x, target, w, ignore_index, lse, lse[:0], 0, pa, pz, 0)
+    else:  # the rows' shifts and sums
+        shift = stack_array(SMALL_ROWS, one)[:n]
+        total = stack_array(SMALL_ROWS, 0.0)[:n]
+        small_rows_stats(x, one, shift, total)
+        index_parts(x, target, w, ignore_index, shift, total, 0, pa, pz, 0)
     return ordered_sum(pa), ordered_sum(pz)
 
 
@@ -360,17 +421,19 @@ def grad_factor(keep, xt, wt, shift, total, s, s_z, z_loss):
     its max) and sum of ``exp(x - shift)``: ``(w[t] (lse - x[t]), lse**2,
     a_nll, factor)`` with ``a_nll = w[t] s`` taken off at the target and
     ``factor = (a_nll + 2 z lse s_z) / sum`` multiplying ``exp(x - shift)``;
-    all 0 for an ignored row (``keep`` False), without branches."""
-    return lse_grad_factor(keep, xt, wt, np.float64(shift) + log_pos(total), total, s, s_z, z_loss)
+    all 0 for an ignored row (``keep`` False), without branches.  The shift
+    is finite (:func:`finite_nll_and_lse`)."""
+    nll, lse = finite_nll_and_lse(shift, total, xt)
+    return nll_grad_factor(keep, nll, lse, wt, total, s, s_z, z_loss)
 
 
 @njit(fastmath=FASTMATH, inline="always", **JIT)
-def lse_grad_factor(keep, xt, wt, lse, total, s, s_z, z_loss):
-    """:func:`grad_factor` from the row's logsumexp ``lse``."""
+def nll_grad_factor(keep, nll, lse, wt, total, s, s_z, z_loss):
+    """:func:`grad_factor` from the row's ``lse - x[t]`` and logsumexp."""
     a = wt * s
     z_term = 2.0 * z_loss * lse * s_z
     return (
-        wt * (lse - xt) if keep else 0.0,
+        wt * nll if keep else 0.0,
         lse * lse if keep else 0.0,
         a if keep else 0.0,
         (a + z_term) / total if keep else 0.0,
