@@ -259,7 +259,8 @@ _REDUCE_ROWS = 1 << 16
 
 def _index_terms(pb: _Problem, rows, index, m, total, xw, part_a, part_z, scale, scale_z):
     """The forward parts of index targets from each row's max ``m`` and
-    ``total = sum(exp(x - m))`` (``xw = x @ w`` per row when smoothing), and,
+    ``total = sum(exp(x - m))`` (``xw = (x - m) @ w`` per row when smoothing,
+    ``x @ w`` where ``m`` is not finite), and,
     with ``scale``, the gradient's terms per row: ``(kept, t, a_nll, a_smooth,
     coef)`` for ``d/dx = exp(x - m) * coef - a_smooth * w - a_nll at t``.
     The formulas of ``xent.xent_index_rows``, vectorized over few rows."""
@@ -278,8 +279,8 @@ def _index_terms(pb: _Problem, rows, index, m, total, xw, part_a, part_z, scale,
         # not rounded to an ulp of lse (as xent.nll_and_lse)
         xt = rows[np.arange(n_rows), t].astype(np.float64)
         a = (1.0 - eps) * wt * np.where(finite, (m64 - xt) + np.log(total), lse - xt)
-        if eps > 0.0:
-            a = a + eps / n_classes * (total_w * lse - xw)
+        if eps > 0.0:  # as xent.shifted_lse_product
+            a = a + eps / n_classes * (total_w * np.where(finite, np.log(total), lse) - xw)
         part_a[:] = np.where(kept, a, 0.0)
         part_z[:] = np.where(kept, lse * lse, 0.0)
         if scale is None:
@@ -304,12 +305,13 @@ def _split_index_rows(pb: _Problem, rows, index, part_a, part_z, grad_rows, scal
     one = rows.dtype.type(1.0)
     m, total = KS.row_stats_split(rows.size, rows, one, SPLIT_CHUNK)
     xw = None
-    if pb.smoothing > 0.0:
+    if pb.smoothing > 0.0:  # sum(w * (x - m)), m where finite (as xent.row_pass)
         w64 = pb.weight.astype(np.float64)
+        shift = np.where(np.isfinite(m), m, 0.0).astype(np.float64)[:, None]
         xw = np.zeros(n_rows)
         for lo in range(0, n_classes, SPLIT_CHUNK):  # float64 in bounded pieces
             hi = lo + SPLIT_CHUNK
-            xw += rows[:, lo:hi].astype(np.float64) @ w64[lo:hi]
+            xw += (rows[:, lo:hi].astype(np.float64) - shift) @ w64[lo:hi]
     terms = _index_terms(pb, rows, index, m, total, xw, part_a, part_z, scale, scale_z)
     if grad_rows is None:
         return
