@@ -41,6 +41,12 @@ def _input_rows(arr: np.ndarray, axes: tuple[int, ...], dtype: np.dtype) -> np.n
     return view
 
 
+def _weight_type(dtype: np.dtype) -> np.dtype:
+    """The type the weighted logsumexp reads ``b`` in: its own, if float32 or
+    float64, else float64."""
+    return dtype if dtype in (np.float32, np.float64) else np.dtype(np.float64)
+
+
 def _mask_rows(mask: np.ndarray | None, axes: tuple[int, ...]) -> np.ndarray | None:
     if mask is None:
         return None
@@ -262,8 +268,9 @@ def logsumexp(
         res = np.full(n_rows, -np.inf, rdt)
         sgn = np.full(n_rows, -1.0, rdt)
     elif weights is not None:
-        src = _input_rows(arr, axes, np.dtype(np.float64))
-        w = _input_rows(weights, axes, np.dtype(np.float64))
+        # Read in their own types (no float64 copies of float32 arrays).
+        src = _input_rows(arr, axes, cdt)
+        w = _input_rows(weights, axes, _weight_type(weights.dtype))
         keep = _mask_rows(mask, axes)
         if keep is None:
             keep = np.broadcast_to(np.True_, src.shape)
