@@ -41,12 +41,6 @@ def _input_rows(arr: np.ndarray, axes: tuple[int, ...], dtype: np.dtype) -> np.n
     return view
 
 
-def _weight_type(dtype: np.dtype) -> np.dtype:
-    """The type the weighted logsumexp reads ``b`` in: its own, if float32 or
-    float64, else float64."""
-    return dtype if dtype in (np.float32, np.float64) else np.dtype(np.float64)
-
-
 def _shared_row(rows: np.ndarray) -> np.ndarray:
     """``rows``' first row alone (shape ``(1, n)``) if every row is it, by a
     stride of 0, and its elements are adjacent: a kernel then reads it as a
@@ -255,7 +249,7 @@ def logsumexp(
     weights = None
     if b is not None:
         weights = as_array(b, "b", func)
-        float_dtypes(weights.dtype, "b", func)  # rejects complex, object, ...
+        wdt, _ = float_dtypes(weights.dtype, "b", func)  # rejects complex, object, ...
         _, rdt = float_dtypes(np.result_type(rdt, weights.dtype), "b", func)
         try:
             shape = np.broadcast_shapes(arr.shape, weights.shape)
@@ -280,7 +274,7 @@ def logsumexp(
     elif weights is not None:
         # Read in their own types (no float64 copies of float32 arrays).
         src = _input_rows(arr, axes, cdt)
-        w = _shared_row(_input_rows(weights, axes, _weight_type(weights.dtype)))
+        w = _shared_row(_input_rows(weights, axes, wdt))
         keep = _mask_rows(mask, axes)
         keep = np.broadcast_to(np.True_, src.shape) if keep is None else _shared_row(keep)
         res = np.empty(n_rows, np.float64)

@@ -1305,4 +1305,5 @@ def logsumexp_rows_weighted(x, b, mask, return_sign, res, signs):
     row where they have one."""
     for r in prange(x.shape[0]):
         b_r = row_or_shared(b, r)
-        res[r], signs[r] = weighted_logsumexp_row(x[r], b_r, row_or_shared(mask, r), return_sign)
+        mask_r = row_or_shared(mask, r)
+        res[r], signs[r] = weighted_logsumexp_row(x[r], b_r, mask_r, return_sign)
