@@ -69,3 +69,34 @@ def rows_past_the_exp_bound(dtype, rng, shape=(64, 3000)) -> np.ndarray:
     x[6] -= np.linspace(0.0, 2.0 * bound, shape[1])
     x[7, 0] = x[7].max() + bound + 1.0
     return x.astype(dtype)
+
+
+def short_rows_at_the_edges(dtype, rng, n_cols) -> np.ndarray:
+    """Logits of rows of ``n_cols`` for the short-row kernels (several
+    blocks) where some rows' sums of ``exp(x)`` with no shift leave the
+    normal range or sit at its edges among ordinary rows: every entry near
+    the overflow (each term finite, the sum not), beyond the old clamp-free
+    bound but finite, every term subnormal, one entry's term subnormal
+    beside normal ones, entries of magnitude 1e30 and beyond, ±inf, NaN."""
+    info = np.finfo(dtype)
+    top = float(np.log(info.max))  # 88.7 (float32), 709.8
+    low = float(np.log(info.tiny))  # -87.3, -708.4
+    x = rng.standard_normal((4096 // n_cols * 3 + 3, n_cols)) * 3
+    rows = {
+        10: top - 0.2,  # each exp finite, the sum of n_cols > 1 overflows
+        30: top - np.log(2 * n_cols),  # the sum finite, past the old bound
+        50: low - 8.0,  # every term subnormal: the sum is not normal
+        70: low + 30.0,  # normal terms far below 1
+        90: -1e30,
+        110: 1e30,
+        130: -float(info.max),
+    }
+    for r, value in rows.items():
+        x[r] = value
+    x[150, 0] = low - 8.0  # one subnormal term beside normal ones
+    x[170, -1] = -float(np.finfo(dtype).max) / 2
+    x[190, -1] = float(info.max) / 2
+    x[210, 0], x[230, 0], x[250, 0] = np.inf, -np.inf, np.nan
+    x[270] = low - 100.0  # every term 0
+    x[-1] = 1e30
+    return x.astype(dtype)

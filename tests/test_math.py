@@ -22,6 +22,7 @@ from fastmax._kernels._math import (
     SUM_ACCUMULATORS,
     SUM_LANES,
     TABLE_EXP,
+    TERMS_SUM_MIN,
     VECTOR_BYTES,
     column_exp_add,
     data_address,
@@ -34,6 +35,7 @@ from fastmax._kernels._math import (
     exp_stored,
     exp_sum_max,
     exp_term,
+    exp_terms_store,
     exp_write,
     fmaximum,
     is_single,
@@ -656,6 +658,21 @@ def test_stream_copy_writes_exactly_its_destination(dtype):
 needs_table_exp = pytest.mark.skipif(not TABLE_EXP, reason="no AVX-512: exp_sum_max unused")
 
 
+#: The growth of the sums' float32 exponential's relative error with |v|
+#: (its reduction by ln2 rounded to float32: 1.9e-9 above ln2).
+SUM_EXP_GROWTH = {np.float32: 2.8e-9, np.float64: 0.0}
+
+
+def _assert_sum_terms_close(got, v, dtype):
+    """Terms of the sums' exponential (float32 or float64 ``v``, ``got`` as
+    float64): within ULP of NumPy's exp, float32 with SUM_EXP_GROWTH."""
+    ref = np.exp(v)
+    err = np.abs(np.asarray(got, np.float64) - ref)
+    allowed = ULP[dtype] * np.spacing(ref) + SUM_EXP_GROWTH[dtype] * np.abs(v) * ref
+    worst = np.argmax(err / allowed)
+    assert err[worst] <= allowed[worst], (v[worst], err[worst] / np.spacing(ref[worst]))
+
+
 @njit(fastmath=FASTMATH, cache=False)
 def _exp_sum_max_each(x, scale, shift, out):
     """exp_sum_max of each element alone: its term (a sum of one)."""
@@ -674,9 +691,10 @@ def _exp_sum_max_call(x, nxt, scale, shift):
 @pytest.mark.parametrize("scale", [1.0, 0.5])
 def test_exp_sum_max_terms_within_ulp_and_floor(dtype, scale):
     """Each term is exp_term's: within ULP of NumPy's exp down to the bound
-    (-700, float32 -86; the table's 16 entries and every reduced argument
-    are met on a fine grid), exp(bound) below it and for -inf; unscaled and
-    scaled loops alike."""
+    (-700, float32 -86; the table's entries and every reduced argument are
+    met on a fine grid), float32 with its reduction's growth
+    (:data:`SUM_EXP_GROWTH`), exp(bound) below it and for -inf; unscaled
+    and scaled loops alike."""
     bound = -86.0 if dtype == np.float32 else -700.0
     x = np.concatenate(
         [
@@ -688,14 +706,16 @@ def test_exp_sum_max_terms_within_ulp_and_floor(dtype, scale):
     arg = (x / dtype(scale)).astype(dtype)
     got = np.empty(x.size)
     _exp_sum_max_each(arg, dtype(scale), dtype(0.0), got)
-    ref = np.exp(arg * dtype(scale))
-    ulps = np.abs(got - ref) / np.spacing(ref)
-    assert ulps.max() <= ULP[dtype], ulps.max()
+    v = arg * dtype(scale)
+    _assert_sum_terms_close(got, v, dtype)
     assert got[x.size - 4] == 1.0  # exp(0) exactly: a row of one gives log 0
     low = np.empty(4)
     below = np.array([bound - 1e-3, bound - 20, -np.inf, -np.finfo(dtype).max], dtype)
     _exp_sum_max_each(below, dtype(1.0), dtype(0.0), low)
-    np.testing.assert_array_equal(low, np.exp(dtype(bound)))
+    at_bound = np.empty(1)
+    _exp_sum_max_each(np.array([bound], dtype), dtype(1.0), dtype(0.0), at_bound)
+    np.testing.assert_array_equal(low, at_bound[0])  # the bound's own term
+    _assert_sum_terms_close(at_bound, np.array([bound], dtype), dtype)
 
 
 @needs_table_exp
@@ -905,6 +925,52 @@ def test_exp_bounded_store_within_ulp_and_its_key(dtype, scale):
                 assert np.isnan(k_bad)
             else:
                 assert k_bad == expect[0]
+
+
+@njit(fastmath=FASTMATH, cache=False)
+def _exp_terms_store_call(x, scale, out):
+    exp_terms_store(x, scale, out)
+
+
+@needs_table_exp
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("scale", [1.0, 0.5])
+def test_exp_terms_store_is_right_wherever_it_is_normal(dtype, scale):
+    """exp_terms_store: within ULP of NumPy's exp (float32 with
+    SUM_EXP_GROWTH) wherever exp is a normal number, positive arguments
+    up to the overflow included, nothing written past the end; and for
+    every other argument (overflow, underflow, magnitudes up to the
+    largest float, ±inf, NaN) a result that is not a finite number of at
+    least TERMS_SUM_MIN, so that no sum of them passes for a right one."""
+    info = np.finfo(dtype)
+    top = float(np.log(info.max))
+    low = float(np.log(info.tiny))
+    x = np.concatenate(
+        [
+            np.linspace(low, top, 1_000_001),
+            np.random.default_rng(0).uniform(-1.0, 1.0, 100_003),
+            [0.0, -0.0],
+        ]
+    ).astype(dtype)
+    arg = (x / dtype(scale)).astype(dtype)
+    out = np.full(x.size + 5, 7.0, dtype)
+    _exp_terms_store_call(arg, dtype(scale), out)
+    assert np.all(out[x.size :] == 7.0)
+    v = (arg * dtype(scale)).astype(dtype)
+    with np.errstate(over="ignore"):
+        normal = (np.exp(v) >= info.tiny) & (np.exp(v) <= info.max)
+    assert normal.mean() > 0.99
+    _assert_sum_terms_close(out[: x.size][normal], v[normal], dtype)
+    with np.errstate(over="ignore"):  # float64's top power rounds past the max
+        mags = np.geomspace(-low, float(info.max), 20_000)
+    beyond = np.concatenate([mags, -mags, [np.inf, -np.inf, np.nan, info.max, -info.max]]).astype(
+        dtype
+    )
+    beyond = beyond[(beyond > top) | (beyond < low) | ~np.isfinite(beyond)]
+    got = np.empty_like(beyond)
+    _exp_terms_store_call(beyond, dtype(1.0), got)
+    passes = np.isfinite(got) & (got >= TERMS_SUM_MIN)
+    assert not passes.any(), beyond[passes]
 
 
 @njit(fastmath=FASTMATH, cache=False)

@@ -13,7 +13,13 @@ from fastmax._kernels import reduce, schedule, short
 from fastmax._kernels import softmax as K
 
 from . import reference as ref
-from .strategies import FLOAT_DTYPES, arrays, axes, rows_past_the_exp_bound
+from .strategies import (
+    FLOAT_DTYPES,
+    arrays,
+    axes,
+    rows_past_the_exp_bound,
+    short_rows_at_the_edges,
+)
 
 SOFTMAXES = [(fastmax.softmax, False), (fastmax.log_softmax, True)]
 
@@ -376,6 +382,25 @@ def test_short_rows_reduced_inside_vectors(dtype, n_cols, rng):
     again = [fastmax.softmax(x), fastmax.log_softmax(x), fastmax.logsumexp(x)]
     for a, b in zip(one, again, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_cols", [2, 8, 16])
+def test_short_rows_logsumexp_at_the_edges_of_the_sums(dtype, n_cols, rng):
+    """logsumexp of short rows whose sums of exp(x) without a shift leave
+    the normal range, or nearly (see short_rows_at_the_edges): the blocks'
+    direct sums are kept only where they are right, the rest shifted."""
+    x = short_rows_at_the_edges(dtype, rng, n_cols)
+    if not short.fits(n_cols, np.dtype(dtype).itemsize):
+        pytest.skip("rows wider than a vector")
+    with np.errstate(over="ignore", invalid="ignore"):
+        ref.assert_matches(fastmax.logsumexp(x, axis=-1), ref.logsumexp(x), dtype, scale=50)
+        for scale in (0.5, 4.0):  # the kernel's scaled loops (no public caller)
+            res = np.empty(x.shape[0], dtype)
+            tasks = schedule.row_blocks(x.shape[0])
+            short.logsumexp_short_rows(x.size, x, dtype(scale), res, tasks)
+            expected = ref.logsumexp(x.astype(np.float64) * scale)
+            ref.assert_matches(res, expected, dtype, scale=200, context=f"scale {scale}")
 
 
 def _exact_log_softmax(x, temperature):

@@ -8,12 +8,13 @@ import tracemalloc
 import numba
 import numpy as np
 import pytest
+from scipy import special
 
 import fastmax
 from fastmax._kernels import schedule, short
 
 from . import reference as ref
-from .strategies import rows_past_the_exp_bound
+from .strategies import rows_past_the_exp_bound, short_rows_at_the_edges
 
 REDUCTIONS = ["mean", "sum", "none"]
 
@@ -186,6 +187,32 @@ def test_many_short_rows(dtype, n_cols, rng):
     loss_in_place, _ = fastmax.softmax_cross_entropy_with_grad(y, t, out=y, **kw)
     np.testing.assert_allclose(loss_in_place, loss, rtol=tol["rtol"], atol=tol["atol"])
     np.testing.assert_allclose(y, grad1, rtol=tol["rtol"], atol=tol["atol"])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_cols", [2, 8, 16])
+def test_short_rows_at_the_edges_of_the_sums(dtype, n_cols, rng):
+    """The forward pass of short rows whose sums of exp(x) without a shift
+    leave the normal range, or nearly (see short_rows_at_the_edges), on
+    its rows of finite logits, against SciPy's log_softmax: per sample,
+    and reduced (a block's losses summed as one log) on the rows whose
+    losses are moderate."""
+    x = short_rows_at_the_edges(dtype, rng, n_cols)
+    t = rng.integers(0, n_cols, x.shape[0])
+    tol = dict(rtol=2e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-13)
+    with np.errstate(invalid="ignore"):  # rows of ±inf
+        expected = -special.log_softmax(x.astype(np.float64), axis=-1)[np.arange(t.size), t]
+    got = fastmax.softmax_cross_entropy(x, t, reduction="none")
+    # Rows of logits up to 1e3 (float32 losses of logits of 1e30 lose their
+    # low bits to the logsumexp's rounding: lse - x[t]).
+    fin = (np.abs(x) <= 1e3).all(axis=1)
+    assert np.isnan(got[np.isnan(x).any(axis=1)]).all()
+    np.testing.assert_allclose(got[fin], expected[fin], **tol)
+    # A loss of 1e30 would hide the others' errors in the mean.
+    keep = fin & (expected < 1e3)
+    assert keep.sum() > 0.9 * keep.size
+    mean = fastmax.softmax_cross_entropy(x[keep], t[keep])
+    np.testing.assert_allclose(mean, expected[keep].mean(), **tol)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

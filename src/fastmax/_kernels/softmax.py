@@ -31,6 +31,7 @@ from ._math import (
     exp_store_sum_max,
     exp_stored,
     exp_term,
+    exp_terms_store,
     exp_write,
     flat_view,
     fmaximum,
@@ -579,6 +580,28 @@ def _exp_bounded_worst_overload(xf, scale, of, worst):
     table's exponentials (:func:`exp_bounded_store`)."""
     if table_exp_type(xf) and table_exp_type(of):
         return lambda xf, scale, of, worst: max_key(worst, exp_bounded_store(xf, scale, of))
+    return lambda xf, scale, of, worst: _exp_bounded_worst_loop(xf, scale, of, worst)
+
+
+def exp_terms_worst(xf, scale, of, worst):  # pragma: no cover - replaced by the overload
+    of[:] = np.exp(xf * scale)
+    return worst
+
+
+@overload(exp_terms_worst, inline="always")
+def _exp_terms_worst_overload(xf, scale, of, worst):
+    """``of = exp(xf * scale)`` as terms of sums, and ``worst``, for sums
+    that are right if :func:`is_within_bound` (``worst``) and if each is
+    finite and at least :data:`TERMS_SUM_MIN`: arrays of unit stride on
+    AVX-512 by :func:`exp_terms_store`, which needs no bound (``worst``
+    unchanged), others as :func:`exp_bounded_worst`."""
+    if table_exp_type(xf) and table_exp_type(of):
+
+        def impl(xf, scale, of, worst):
+            exp_terms_store(xf, scale, of)
+            return worst
+
+        return impl
     return lambda xf, scale, of, worst: _exp_bounded_worst_loop(xf, scale, of, worst)
 
 
