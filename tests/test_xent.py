@@ -203,9 +203,7 @@ def test_short_rows_at_the_edges_of_the_sums(dtype, n_cols, rng):
     with np.errstate(invalid="ignore"):  # rows of ±inf
         expected = -special.log_softmax(x.astype(np.float64), axis=-1)[np.arange(t.size), t]
     got = fastmax.softmax_cross_entropy(x, t, reduction="none")
-    # Rows of logits up to 1e3 (float32 losses of logits of 1e30 lose their
-    # low bits to the logsumexp's rounding: lse - x[t]).
-    fin = (np.abs(x) <= 1e3).all(axis=1)
+    fin = np.isfinite(x).all(axis=1)
     assert np.isnan(got[np.isnan(x).any(axis=1)]).all()
     np.testing.assert_allclose(got[fin], expected[fin], **tol)
     # A loss of 1e30 would hide the others' errors in the mean.
@@ -213,6 +211,35 @@ def test_short_rows_at_the_edges_of_the_sums(dtype, n_cols, rng):
     assert keep.sum() > 0.9 * keep.size
     mean = fastmax.softmax_cross_entropy(x[keep], t[keep])
     np.testing.assert_allclose(mean, expected[keep].mean(), **tol)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(
+    "shape",
+    [(4099, 8), (64, 100), (300, 1000), (3, 40000)],
+    ids=["short rows", "small", "rows", "long rows"],
+)
+def test_per_sample_losses_of_huge_logits(dtype, shape, rng):
+    """Rows of logits at ±1e30 or ±1e10 or a few spacings below, the target
+    at the row's max, tied with others: each loss is the log of a count,
+    and must not be lost to the logsumexp's rounding (``lse - x[t]`` in
+    float64 gives 0): per sample, with class weights and with the
+    gradient."""
+    values = rng.choice([1e30, -1e30, 1e10, -1e10], shape[0])[:, None]
+    top = np.broadcast_to(values, shape).astype(dtype)
+    x = (top - rng.integers(0, 3, shape) * np.abs(np.spacing(top))).astype(dtype)
+    t = rng.integers(0, shape[1], shape[0])
+    x[np.arange(t.size), t] = top[:, 0]
+    w = rng.uniform(0.5, 2.0, shape[1]).astype(dtype)
+    expected = -special.log_softmax(x.astype(np.float64), axis=-1)[np.arange(t.size), t]
+    assert (expected > 0.5).mean() > 0.8  # ties: what the rounding would take whole
+    tol = dict(rtol=1e-5) if dtype == np.float32 else dict(rtol=1e-12)
+    got = fastmax.softmax_cross_entropy(x, t, reduction="none")
+    np.testing.assert_allclose(got, expected, **tol)
+    got = fastmax.softmax_cross_entropy(x, t, weight=w, reduction="none")
+    np.testing.assert_allclose(got, w[t] * expected, **tol)
+    loss, _ = fastmax.softmax_cross_entropy_with_grad(x, t, reduction="none")
+    np.testing.assert_allclose(loss, expected, **tol)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -31,7 +31,6 @@ from ._math import (
     exp_nonpos,
     flat_view,
     is_c_contiguous,
-    is_single,
     like,
     log_minus,
     log_pos,
@@ -54,7 +53,6 @@ from .softmax import (
     exp_within_bound,
     prefetch_in_place_ahead,
     same_buffer,
-    small_rows_lse,
     small_rows_stats,
     write_row,
     write_row_per_column,
@@ -88,16 +86,13 @@ def nll_and_lse(shift, total, xt):
 @njit(fastmath=FASTMATH, inline="always", **JIT)
 def finite_nll_and_lse(shift, total, xt):
     """:func:`nll_and_lse` for a finite ``shift`` (``total`` then is a
-    positive normal number).  Float64 logits take ``log(total) - (xt -
-    shift)`` by :func:`log_minus`, whose error is of the order of an ulp of
-    the loss, and ``lse`` from it: ``lse - xt`` carries the rounding of
-    ``lse`` to an ulp of the row's largest logit (logits near 1e5: 32,700
-    ulps of the loss; near 1000: 256).  Float32 logits take ``lse - xt``:
-    float64 parts of float32 values are well within float32's precision."""
+    positive normal number): ``log(total) - (xt - shift)`` by
+    :func:`log_minus`, whose error is of the order of an ulp of the loss,
+    and ``lse`` from it.  ``lse - xt`` would carry the rounding of ``lse``
+    to an ulp of the row's largest logit (float64 logits near 1e5: 32,700
+    ulps of the loss; near 1000: 256; float32 logits of 1e30, rounded to
+    float64: the whole loss)."""
     x_t = np.float64(xt)
-    if is_single(shift):
-        lse = np.float64(shift) + log_pos(np.float64(total))
-        return lse - x_t, lse
     nll = log_minus(np.float64(total), x_t - np.float64(shift))
     return nll, nll + x_t
 
@@ -333,36 +328,6 @@ def set_index_part(x, target, w, ignore_index, r, shift, total, part_a, part_z, 
     part_z[p] = lse * lse if keep else 0.0
 
 
-@njit(fastmath=FASTMATH, inline="always", **JIT)
-def set_index_part_of_lse(x, target, w, ignore_index, r, lse, part_a, part_z, p):
-    """:func:`set_index_part` from the row's float64 logsumexp ``lse``
-    (float32 logits: see :func:`finite_nll_and_lse`), without branches."""
-    t = target[r]
-    keep = t != ignore_index
-    tt = t if keep else 0
-    a = np.float64(w[tt]) * (lse - np.float64(x[r, tt]))
-    part_a[p] = a if keep else 0.0
-    part_z[p] = lse * lse if keep else 0.0
-
-
-@njit(fastmath=FASTMATH, **JIT)
-def index_parts(x, target, w, ignore_index, shift, total, r0, part_a, part_z, p0):
-    """Per row ``r0 + i``: :func:`set_index_part` from ``shift[i]`` and
-    ``total[i]`` into ``p0 + i``, or, for ``total`` empty,
-    :func:`set_index_part_of_lse` from ``shift[i]``, the rows' logsumexps,
-    in a loop without branches (it vectorizes)."""
-    if total.size:
-        for i in range(shift.size):
-            set_index_part(
-                x, target, w, ignore_index, r0 + i, shift[i], total[i], part_a, part_z, p0 + i
-            )
-    else:
-        for i in range(shift.size):
-            set_index_part_of_lse(
-                x, target, w, ignore_index, r0 + i, shift[i], part_a, part_z, p0 + i
-            )
-
-
 @njit(fastmath=FASTMATH, **JIT)
 def index_forward_block(x, target, w, ignore_index, part_a, part_z, r0, r1):
     """The forward of index targets without smoothing on rows ``r0:r1`` (of
@@ -372,7 +337,7 @@ def index_forward_block(x, target, w, ignore_index, part_a, part_z, r0, r1):
     function the loop ran slower (32768 x 1000 float64, same-process pairs
     in three processes, with float64 terms by Horner: 1.90 -> 1.51-1.79
     read floors).  The fused parts beat a logsumexp pass into a row-sized
-    buffer followed by :func:`index_parts` (float32: 1.70 against 1.89-2.02)."""
+    buffer followed by the parts (float32: 1.70 against 1.89-2.02)."""
     one = like(1.0, x[r0, 0])
     far = far_rows(x)
     m_next = row_max(x[r0])
@@ -414,24 +379,35 @@ def xent_index_forward(x, target, w, ignore_index, part_a, part_z, n_blocks):
 @njit(fastmath=FASTMATH, **JIT)
 def xent_index_rows_small(x, target, w, ignore_index, part_a, part_z):
     """The forward of :func:`xent_index_rows` (index targets, no smoothing)
-    for inputs that fit in cache: the rows' logsumexps by
-    :func:`small_rows_lse` (64 x 100 float32: 3.4 -> 2.1 us), then the parts.
-    At most :data:`SMALL_ROWS` rows (scratch on the stack).  The parts go to
+    for inputs that fit in cache: the rows' shifts and sums by
+    :func:`small_rows_stats`, then the parts: where the shifts are all 0,
+    in loops without branches, the targets' logits in one of their own (64
+    x 100 float32, same-process rounds against one loop of
+    :func:`set_index_part`: 3.03 -> 2.90 us).  At most
+    :data:`SMALL_ROWS` rows (scratch on the stack).  The parts go to
     ``part_a``/``part_z`` if they have a row's length (else they stay on the
     stack); returns their sums (:func:`ordered_sum`: a fixed order)."""
     n = x.shape[0]
     one = like(1.0, x[0, 0])
     pa = part_a if part_a.size == n else stack_array(SMALL_ROWS, 0.0)[:n]
     pz = part_z if part_z.size == n else stack_array(SMALL_ROWS, 0.0)[:n]
-    if is_single(x):  # the rows' logsumexps (see finite_nll_and_lse)
-        lse = stack_array(SMALL_ROWS, 0.0)[:n]
-        small_rows_lse(x, one, lse)
-        index_parts(x, target, w, ignore_index, lse, lse[:0], 0, pa, pz, 0)
-    else:  # the rows' shifts and sums
-        shift = stack_array(SMALL_ROWS, one)[:n]
-        total = stack_array(SMALL_ROWS, 0.0)[:n]
-        small_rows_stats(x, one, shift, total)
-        index_parts(x, target, w, ignore_index, shift, total, 0, pa, pz, 0)
+    shift = stack_array(SMALL_ROWS, one)[:n]
+    total = stack_array(SMALL_ROWS, 0.0)[:n]
+    if small_rows_stats(x, one, shift, total):
+        xt = stack_array(SMALL_ROWS, 0.0)[:n]
+        for r in range(n):
+            t = target[r]
+            xt[r] = x[r, t if t != ignore_index else 0]
+        for r in range(n):  # the losses in xt, the logsumexps in pz
+            xt[r], pz[r] = finite_nll_and_lse(shift[r], total[r], xt[r])
+        for r in range(n):
+            t = target[r]
+            keep = t != ignore_index
+            pa[r] = np.float64(w[t if keep else 0]) * xt[r] if keep else 0.0
+            pz[r] = pz[r] * pz[r] if keep else 0.0
+    else:
+        for r in range(n):
+            set_index_part(x, target, w, ignore_index, r, shift[r], total[r], pa, pz, r)
     return ordered_sum(pa), ordered_sum(pz)
 
 
