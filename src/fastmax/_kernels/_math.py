@@ -2015,11 +2015,15 @@ def _exp_bounded_store_codegen(context, builder, signature, args):
     return top if single_key else _nan_if_flagged(builder, nans, top)
 
 
+def _table_store_types(x, scale, out):
+    """Whether the table stores take ``(x, scale, out)``: arrays of one
+    dtype that :func:`table_exp_type` takes, ``scale`` of that dtype."""
+    return table_exp_type(x) and table_exp_type(out) and x.dtype == out.dtype == scale
+
+
 @intrinsic
 def _exp_bounded_store_avx512(typingctx, x, scale, out):
-    if not (table_exp_type(x) and table_exp_type(out) and x.dtype == out.dtype):
-        return None
-    if scale != x.dtype:
+    if not _table_store_types(x, scale, out):
         return None
     key = types.int32 if x.dtype == types.float32 else types.float64
     return key(x, scale, out), _exp_bounded_store_codegen
@@ -2066,9 +2070,7 @@ def _exp_terms_store_codegen(context, builder, signature, args):
 
 @intrinsic
 def _exp_terms_store_avx512(typingctx, x, scale, out):
-    if not (table_exp_type(x) and table_exp_type(out) and x.dtype == out.dtype):
-        return None
-    if scale != x.dtype:
+    if not _table_store_types(x, scale, out):
         return None
     return types.none(x, scale, out), _exp_terms_store_codegen
 
