@@ -100,3 +100,14 @@ def short_rows_at_the_edges(dtype, rng, n_cols) -> np.ndarray:
     x[270] = low - 100.0  # every term 0
     x[-1] = 1e30
     return x.astype(dtype)
+
+
+def at_line_offset(a: np.ndarray, offset: int) -> np.ndarray:
+    """A C-contiguous copy of ``a`` starting ``offset`` bytes past a 64-byte
+    boundary (a cache line; NumPy gives big arrays 16 bytes past one)."""
+    a = np.ascontiguousarray(a)
+    buf = np.zeros(a.nbytes + 128, np.uint8)
+    start = (-buf.ctypes.data) % 64 + offset
+    out = buf[start : start + a.nbytes].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    return out

@@ -13,6 +13,7 @@ import fastmax
 from fastmax._kernels import short
 
 from . import reference as ref
+from .strategies import at_line_offset
 
 KINDS = ["softmax_jvp", "softmax_vjp", "log_softmax_jvp", "log_softmax_vjp"]
 
@@ -175,3 +176,22 @@ def test_big_outputs_written_by_streaming_stores(kind, dtype, rng):
         assert getattr(fastmax, kind)(p, v, axis=axis, out=out) is out
         np.testing.assert_allclose(out, ref.jvp(kind, p, v, axis=axis), **tol)
         assert backing[0] == 5.0 and backing[-1] == 5.0
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_softmax_vjp_is_the_same_wherever_its_arrays_start(dtype):
+    """Rows read by aligned loads where they start inside a cache line (and
+    written from ``out``'s first vector boundary): the same bits at any
+    offsets of the primal, the cotangent and ``out``, and right."""
+    rng = np.random.default_rng(11)
+    y0 = sp.softmax(rng.standard_normal((6, 1003)) * 4, axis=-1).astype(dtype)
+    g0 = rng.standard_normal((6, 1003)).astype(dtype)
+    expected = fastmax.softmax_vjp(np.ascontiguousarray(y0), np.ascontiguousarray(g0))
+    ref.assert_matches(expected, ref.jvp("softmax_vjp", y0, g0), dtype)
+    size = np.dtype(dtype).itemsize
+    for oy, og, oo in [(16, 16, 16), (0, 48, 16), (32, 0, 0), (size, 2 * size, 0), (16, 16, 0)]:
+        y, g = at_line_offset(y0, oy), at_line_offset(g0, og)
+        out = at_line_offset(np.zeros_like(y0), oo)
+        fastmax.softmax_vjp(y, g, out=out)
+        np.testing.assert_array_equal(out, expected, err_msg=str((oy, og, oo)))
+        np.testing.assert_array_equal(fastmax.softmax_vjp(y, g), expected)

@@ -60,6 +60,8 @@ from fastmax._kernels._math import (
     stream_fence,
 )
 
+from .strategies import at_line_offset
+
 #: Max error in units in the last place (of NumPy's result) over normal results.
 ULP = {np.float32: 6, np.float64: 4}
 
@@ -463,6 +465,53 @@ def test_row_writes_write_each_element_and_no_other(dtype):
                 arrays = [a.copy() for a in inputs]
                 kernel(*arrays, arrays[k], *scalars)
                 np.testing.assert_array_equal(arrays[k], expected)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_row_writes_are_the_same_at_every_alignment(dtype):
+    """Rows long enough that the writes store aligned (a first vector
+    unaligned, then from ``out``'s first vector boundary, the inputs read by
+    aligned loads and permutes): every element right, no other written,
+    whatever each array's offset in its cache line, also offsets that are
+    not a whole number of elements (read element by element's way)."""
+    rng = np.random.default_rng(6)
+    size = np.dtype(dtype).itemsize
+    offsets = [*range(0, 64, size), size // 2]
+    for n in [128, 129, 200, 1001, 4099]:
+        y0, v0 = (rng.standard_normal(n).astype(dtype) for _ in range(2))
+        s, hi, lo = (dtype(rng.standard_normal()) for _ in range(3))
+        expected = {"scaled": y0 * (v0 - s), "shifted": (y0 - hi) - lo}
+        others = offsets[3:] + offsets[:3]
+        for k, (oy, ov, oo) in enumerate(zip(offsets, others, offsets[::-1], strict=True)):
+            y, v = at_line_offset(y0, oy), at_line_offset(v0, ov)
+            guarded = at_line_offset(np.full(n + 2 * k + 2, 7.0, dtype), oo)
+            out = guarded[k + 1 : k + 1 + n]
+            for name in expected:
+                if name == "scaled":
+                    _scaled_difference(y, v, out, s)
+                else:
+                    _shifted_row(y, out, dtype(1.0), hi, lo)
+                np.testing.assert_array_equal(
+                    out, expected[name], err_msg=f"{name} {n} {oy, ov, oo}"
+                )
+                assert (guarded[: k + 1] == 7.0).all() and (guarded[k + 1 + n :] == 7.0).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [1, 17, 64, 65, 100, 1000, 4099])
+def test_ordered_sums_are_the_same_at_every_alignment(dtype, n):
+    """Read by aligned loads and permutes where an array starts inside a
+    cache line: the documented order still, wherever each array starts."""
+    rng = np.random.default_rng(n)
+    a0 = (rng.integers(-64, 65, n) * 2.0 ** rng.integers(-20, 20, n)).astype(dtype)
+    b0 = rng.integers(-64, 65, n).astype(dtype)
+    size = np.dtype(dtype).itemsize
+    sum_expected, dot_expected = _ordered_sum_reference(a0), _ordered_sum_reference(a0 * b0)
+    for oa in [*range(0, 64, size), size // 2]:
+        a = at_line_offset(a0, oa)
+        assert _ordered_sum(a) == sum_expected, oa
+        for ob in (0, 16, 64 - size, size // 2):
+            assert _ordered_dot(a, at_line_offset(b0, ob)) == dot_expected, (oa, ob)
 
 
 def test_stack_array_and_is_single():
