@@ -291,6 +291,60 @@ def test_row_forward(dtype, shape, rng):
         )
 
 
+def _index_grad_reference(x, t, w, smoothing, z_loss, ignore_index, upstream):
+    """The gradient of the per-sample losses of index targets times ``upstream``,
+    in NumPy (float64): ``(1 - e) w_t (p - onehot) + e/C (W p - w) + 2 z lse p``."""
+    x = np.asarray(x, np.float64)
+    n, n_classes = x.shape
+    keep = t != ignore_index
+    tt = np.where(keep, t, 0)
+    p = special.softmax(x, axis=-1)
+    lse = special.logsumexp(x, axis=-1)[:, None]
+    wt = w[tt][:, None]
+    onehot = np.zeros_like(p)
+    onehot[np.arange(n), tt] = 1.0
+    g = (1 - smoothing) * wt * (p - onehot) + smoothing / n_classes * (w.sum() * p - w)
+    g += 2 * z_loss * lse * p
+    return np.where(keep[:, None], g * upstream[:, None], 0.0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_row_losses_across_runs_of_rows(dtype, rng):
+    """Blocks of rows longer than the runs whose logs are taken after the
+    run (``reduce.DEFER_ROWS``), forward and fused, with and without z-loss
+    (which takes each row's log in the loop): ignored rows at the runs'
+    edges, a row of -inf and one with a NaN, weights and smoothing."""
+    from fastmax._kernels.reduce import DEFER_ROWS
+
+    n_rows = 12 * DEFER_ROWS  # blocks of about 1.5 runs (2 threads: 8 blocks)
+    x, t = _problem(rng, (n_rows, 60), -1, dtype, "index")
+    t[t < 0] = -1
+    for r in (0, DEFER_ROWS - 1, DEFER_ROWS, DEFER_ROWS + 1, 2 * DEFER_ROWS, n_rows - 1):
+        t[r] = -1
+    x[DEFER_ROWS + 3, :] = -np.inf
+    x[2 * DEFER_ROWS - 1, 7] = np.nan
+    w = (rng.random(60) + 0.5).astype(dtype)
+    finite = np.isfinite(x).all(axis=1)
+    tol = dict(rtol=2e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-11, atol=1e-13)
+    for kw in ({}, {"weight": w}, {"weight": w, "z_loss": 1e-3}, {"label_smoothing": 0.1}):
+        kw = dict(kw, ignore_index=-1)
+        with np.errstate(invalid="ignore"):
+            expected = ref.cross_entropy(x, t, reduction="none", **kw)
+        got = fastmax.softmax_cross_entropy(x, t, reduction="none", **kw)
+        np.testing.assert_allclose(got, expected, **tol, err_msg=str(kw))
+        # The gradient of the per-sample losses' sum (grad=1 for each).
+        loss, grad = fastmax.softmax_cross_entropy_with_grad(
+            x[finite], t[finite], reduction="none", **kw
+        )
+        np.testing.assert_allclose(loss, expected[finite], **tol, err_msg=str(kw))
+        weights = np.asarray(kw.get("weight", np.ones(60)), np.float64)
+        want = _index_grad_reference(
+            x[finite], t[finite], weights, kw.get("label_smoothing", 0.0),
+            kw.get("z_loss", 0.0), -1, np.ones(finite.sum()),
+        )  # fmt: skip
+        np.testing.assert_allclose(grad, want, **tol, err_msg=str(kw))
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_small_forward_without_a_max_pass(dtype, rng):
     """The small forward kernel skips the maxima of a C-contiguous input whose

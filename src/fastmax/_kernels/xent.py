@@ -39,6 +39,8 @@ from ._math import (
 )
 from .reduce import (
     BLOCK,
+    DEFER_ROWS,
+    PREFETCH_MIN_BYTES,
     far_rows,
     lse_of_stats,
     prefetch_row_ahead,
@@ -250,6 +252,17 @@ def rescale_pass(out, w, q, coef, minus, keep, spread, use_q):
             out[k] = out[k] * coef
 
 
+@njit(fastmath=FASTMATH, inline="always", **JIT)
+def _index_row_part(m, total, xt, wt, xw, smoothing, total_w, n_classes):
+    """A row's loss part ``(1 - smoothing) wt (lse - xt)``, plus the
+    smoothing's part (from ``xw``, :func:`row_pass`'s sum), and its lse."""
+    nll, lse = nll_and_lse(m, total, xt)
+    a = (1.0 - smoothing) * wt * nll
+    if smoothing > 0.0:
+        a += smoothing / n_classes * (shifted_lse_product(total_w, m, total, lse) - xw)
+    return a, lse
+
+
 @driver
 def xent_index_rows(
     x,
@@ -275,44 +288,67 @@ def xent_index_rows(
     total_w = 0.0
     for k in range(n_classes):
         total_w += np.float64(w[k])
+    # Without z-loss the gradient needs no log: the rows' parts wait for the
+    # end of each run of DEFER_ROWS rows.
+    defer = z_loss == 0.0
     for blk in prange(n_blocks):
         r0, r1 = block_bounds(blk, n_rows, n_blocks)
         m_next = row_max(x[r0]) if r1 > r0 else x[0, 0]
-        for r in range(r0, r1):
-            m = m_next
-            t = target[r]
-            xr = x[r]
-            nxt = x[min(r + 1, r1 - 1)]
-            if not write_grad:
-                prefetch_row_ahead(x, r, r1)
-            if t == ignore_index:
-                m_next = row_max(nxt)
-                part_a[r] = 0.0
-                part_z[r] = 0.0
+        shifts = stack_array(DEFER_ROWS, m_next)
+        totals = stack_array(DEFER_ROWS, 0.0)
+        xts = stack_array(DEFER_ROWS, 0.0)
+        xws = stack_array(DEFER_ROWS, 0.0)
+        for c0 in range(r0, r1, DEFER_ROWS):
+            c1 = min(c0 + DEFER_ROWS, r1)
+            for r in range(c0, c1):
+                m = m_next
+                t = target[r]
+                xr = x[r]
+                nxt = x[min(r + 1, r1 - 1)]
+                if not write_grad:
+                    prefetch_row_ahead(x, r, r1)
+                if t == ignore_index:
+                    m_next = row_max(nxt)
+                    part_a[r] = 0.0
+                    part_z[r] = 0.0
+                    if write_grad:
+                        orow = out[r]
+                        for k in range(n_classes):
+                            orow[k] = 0
+                    continue
+                xt = np.float64(xr[t])  # before the pass may overwrite it (in place)
+                orow = out[r] if write_grad else out[0]
+                total, _, xw, m_next = row_pass(
+                    xr, nxt, w, w, orow, m, smoothing, write_grad, False
+                )
+                wt = np.float64(w[t])
+                lse = 0.0
+                if defer:
+                    shifts[r - c0], totals[r - c0], xts[r - c0], xws[r - c0] = m, total, xt, xw
+                else:
+                    part_a[r], lse = _index_row_part(
+                        m, total, xt, wt, xw, smoothing, total_w, n_classes
+                    )
+                    part_z[r] = lse * lse
                 if write_grad:
-                    orow = out[r]
-                    for k in range(n_classes):
-                        orow[k] = 0
-                continue
-            xt = np.float64(xr[t])  # before the pass may overwrite it (in place)
-            orow = out[r] if write_grad else out[0]
-            total, _, xw, m_next = row_pass(xr, nxt, w, w, orow, m, smoothing, write_grad, False)
-            nll, lse = nll_and_lse(m, total, xt)
-            wt = np.float64(w[t])
-            a = (1.0 - smoothing) * wt * nll
-            if smoothing > 0.0:
-                a += smoothing / n_classes * (shifted_lse_product(total_w, m, total, lse) - xw)
-            part_a[r] = a
-            part_z[r] = lse * lse
-            if write_grad:
-                s = scale[r]
-                a_nll = (1.0 - smoothing) * wt * s
-                a_smooth = smoothing / n_classes * s
-                z_term = 2.0 * z_loss * lse * scale_z[r] if z_loss != 0.0 else 0.0
-                coef = (a_nll + a_smooth * total_w + z_term) / total
-                one = like(1.0, m)
-                rescale_pass(orow, w, w, like(coef, m), like(a_smooth, m), one, one, False)
-                orow[t] -= like(a_nll, m)
+                    s = scale[r]
+                    a_nll = (1.0 - smoothing) * wt * s
+                    a_smooth = smoothing / n_classes * s
+                    z_term = 2.0 * z_loss * lse * scale_z[r] if z_loss != 0.0 else 0.0
+                    coef = (a_nll + a_smooth * total_w + z_term) / total
+                    one = like(1.0, m)
+                    rescale_pass(orow, w, w, like(coef, m), like(a_smooth, m), one, one, False)
+                    orow[t] -= like(a_nll, m)
+            if defer:
+                for r in range(c0, c1):
+                    t = target[r]
+                    if t != ignore_index:
+                        j = r - c0
+                        part_a[r], lse = _index_row_part(
+                            shifts[j], totals[j], xts[j], np.float64(w[t]), xws[j],
+                            smoothing, total_w, n_classes,
+                        )  # fmt: skip
+                        part_z[r] = lse * lse
 
 
 @njit(fastmath=FASTMATH, inline="always", **JIT)
@@ -341,10 +377,20 @@ def index_forward_block(x, target, w, ignore_index, part_a, part_z, r0, r1):
     one = like(1.0, x[r0, 0])
     far = far_rows(x)
     m_next = row_max(x[r0])
-    for r in range(r0, r1):
-        m = m_next
-        total, m_next = row_sumexp_next_max(x, r, r1, one, m, far)
-        set_index_part(x, target, w, ignore_index, r, m, total, part_a, part_z, r)
+    shifts = stack_array(DEFER_ROWS, one)
+    totals = stack_array(DEFER_ROWS, 0.0)
+    # Over memory, each row's log right after it (see DEFER_ROWS).
+    run = DEFER_ROWS if x.shape[0] * x.shape[1] * x.itemsize < PREFETCH_MIN_BYTES else 1
+    for c0 in range(r0, r1, run):
+        c1 = min(c0 + run, r1)
+        for r in range(c0, c1):
+            m = m_next
+            totals[r - c0], m_next = row_sumexp_next_max(x, r, r1, one, m, far)
+            shifts[r - c0] = m
+        for r in range(c0, c1):  # the logs; the rows are in cache still
+            set_index_part(
+                x, target, w, ignore_index, r, shifts[r - c0], totals[r - c0], part_a, part_z, r
+            )
 
 
 @njit(fastmath=FASTMATH, **JIT)
