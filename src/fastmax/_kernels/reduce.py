@@ -85,12 +85,19 @@ DEFER_ROWS = 64
 
 
 @njit(fastmath=FASTMATH, inline="always", **JIT)
+def over_memory(x):
+    """Whether the row passes over ``x`` (2-D) read it from memory, not from
+    cache: an array of at least :data:`PREFETCH_MIN_BYTES`."""
+    return x.shape[0] * x.shape[1] * x.itemsize >= PREFETCH_MIN_BYTES
+
+
+@njit(fastmath=FASTMATH, inline="always", **JIT)
 def prefetch_row_ahead(x, r, r1):
     """Prefetch the row of ``x`` (2-D; rows before ``r1``) about
     :data:`PREFETCH_AHEAD_BYTES` after row ``r``, for rows and arrays of the
     sizes above."""
     row_bytes = x.shape[1] * x.itemsize
-    if row_bytes <= PREFETCH_ROW_BYTES and x.shape[0] * row_bytes >= PREFETCH_MIN_BYTES:
+    if row_bytes <= PREFETCH_ROW_BYTES and over_memory(x):
         ahead = r + (PREFETCH_AHEAD_BYTES + row_bytes - 1) // row_bytes
         if ahead < r1:
             prefetch_to_l2(x[ahead])
@@ -108,12 +115,7 @@ def far_rows(x):
     cross-entropy forward 1.67 -> 1.46 and 1.75 -> 1.34.  Rows of 2 KiB
     (65536 x 512 float32) ran slower that way (1.38 -> 1.43): they, and
     shorter rows, keep :func:`prefetch_row_ahead`."""
-    row_bytes = x.shape[1] * x.itemsize
-    return (
-        row_bytes > FAR_PART_BYTES
-        and x.shape[1] <= ACC_RUN
-        and x.shape[0] * row_bytes >= PREFETCH_MIN_BYTES
-    )
+    return x.shape[1] * x.itemsize > FAR_PART_BYTES and x.shape[1] <= ACC_RUN and over_memory(x)
 
 
 @njit(fastmath=FASTMATH, **JIT)

@@ -40,9 +40,9 @@ from ._math import (
 from .reduce import (
     BLOCK,
     DEFER_ROWS,
-    PREFETCH_MIN_BYTES,
     far_rows,
     lse_of_stats,
+    over_memory,
     prefetch_row_ahead,
     row_max,
     row_max_sumexp,
@@ -380,7 +380,7 @@ def index_forward_block(x, target, w, ignore_index, part_a, part_z, r0, r1):
     shifts = stack_array(DEFER_ROWS, one)
     totals = stack_array(DEFER_ROWS, 0.0)
     # Over memory, each row's log right after it (see DEFER_ROWS).
-    run = DEFER_ROWS if x.shape[0] * x.shape[1] * x.itemsize < PREFETCH_MIN_BYTES else 1
+    run = 1 if over_memory(x) else DEFER_ROWS
     for c0 in range(r0, r1, run):
         c1 = min(c0 + run, r1)
         for r in range(c0, c1):
