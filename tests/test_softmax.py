@@ -261,16 +261,38 @@ def test_column_kernel_takes_every_rows_max(dtype, view, rng):
 
 
 def _streamed_shapes(itemsize: int) -> list[tuple[tuple[int, int], int]]:
-    """Shapes whose outputs the kernels stream (just over the threshold)."""
+    """Shapes whose outputs are just over the streaming threshold, one for
+    each of the kernels' paths (the rows kept in cache are written by plain
+    stores)."""
     n = -(-schedule.STREAM_MIN_BYTES // itemsize)
     long_row = schedule.CACHED_ROW_BYTES // itemsize + 3
+    log_long_row = schedule.LOG_CACHED_ROW_BYTES // itemsize + 3
     return [
         ((2, n // 2 + 5), -1),  # few long rows: split across threads
         (((n // long_row) + 1, long_row), -1),  # rows too long to stay cached
         ((n // 1000 + 1, 1000), -1),  # rows kept in cache between passes
+        # kept in cache by softmax, too long to be by log_softmax
+        ((n // log_long_row + 1, log_long_row), -1),
         ((n // 1000 + 1, 1000), 0),  # the column kernel
         ((n // 8 + 1, 8), -1),  # many short rows, in blocks
     ]
+
+
+def test_log_softmax_keeps_shorter_rows_in_cache_over_memory():
+    """Over the streaming threshold, log_softmax keeps rows of at most
+    ``LOG_CACHED_ROW_BYTES`` in cache between passes and softmax rows of at
+    most ``CACHED_ROW_BYTES``; under it, both keep the longer ones."""
+    big = schedule.STREAM_MIN_BYTES
+    for itemsize in (4, 8):
+        short_row = schedule.LOG_CACHED_ROW_BYTES // itemsize
+        assert schedule.cached_rows(short_row, itemsize, True, big)
+        assert not schedule.cached_rows(short_row + 1, itemsize, True, big)
+        assert schedule.cached_rows(short_row + 1, itemsize, False, big)
+        assert schedule.cached_rows(short_row + 1, itemsize, True, big - 1)
+        long_row = schedule.CACHED_ROW_BYTES // itemsize
+        assert schedule.cached_rows(long_row, itemsize, False, big)
+        assert not schedule.cached_rows(long_row + 1, itemsize, False, big)
+        assert not schedule.cached_rows(long_row + 1, itemsize, True, 0)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

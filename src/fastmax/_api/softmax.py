@@ -83,7 +83,7 @@ def _softmax_rows(src: np.ndarray, dst: np.ndarray, mask, scale, log: bool) -> N
         shift, factor = np.empty((2, xt.shape[1]), src.dtype)  # one per column of xt
         K.softmax_cols_write(size, xt, dst.T, scale, log, chunks, m, total, shift, factor)
     else:
-        cached = cached_rows(n_cols, src.itemsize)
+        cached = cached_rows(n_cols, src.itemsize, log, src.nbytes)
         K.softmax_rows(size, src, dst, scale, log, cached, row_blocks(n_rows))
 
 

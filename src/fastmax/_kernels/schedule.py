@@ -29,6 +29,17 @@ from ._math import STREAMING
 PARALLEL_MIN_ELEMENTS = 1 << 15
 #: Rows up to this size (bytes) are kept in cache between passes.
 CACHED_ROW_BYTES = 1 << 20
+#: log_softmax of an array of at least :data:`STREAM_MIN_BYTES` keeps rows up
+#: to this size (bytes) in cache between passes; longer rows take the long
+#: rows' two passes (online max and sum, then the streamed write).  Over
+#: memory, the cached rows' pipelined loop (one row's write, the next row's
+#: exponentials and the max of the one after) ran slower on such rows:
+#: two threads, same-process rounds, copy floors, 8192 x 2000 float64 1.56
+#: -> 1.15, 4096 x 8000 float32 1.45 -> 1.14, 2048 x 32000 float64 1.58
+#: -> 1.05; on rows of 8 KiB and less it ran faster (16384 x 2000 float32:
+#: 0.95 against 1.06; 32768 x 1000 float64: 1.03 against 1.16).  In cache,
+#: the pipelined loop was as fast or faster on every row length tried.
+LOG_CACHED_ROW_BYTES = 1 << 13
 #: Elements per task when a row is split across threads.
 SPLIT_CHUNK = 1 << 16
 #: Rows of at least ``2 * SPLIT_CHUNK`` elements are split across threads
@@ -177,6 +188,9 @@ def streams(out) -> bool:
     )
 
 
-def cached_rows(n_cols: int, itemsize: int) -> bool:
-    """Whether a row stays in cache between the passes of the row kernels."""
+def cached_rows(n_cols: int, itemsize: int, log: bool = False, nbytes: int = 0) -> bool:
+    """Whether a row stays in cache between the passes of the row kernels
+    (for log_softmax if ``log``, of an array of ``nbytes``)."""
+    if log and nbytes >= STREAM_MIN_BYTES:
+        return n_cols * itemsize <= LOG_CACHED_ROW_BYTES
     return n_cols * itemsize <= CACHED_ROW_BYTES

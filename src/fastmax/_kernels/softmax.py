@@ -472,28 +472,27 @@ def _log_write_exp_run_in_place(out, scale, shift, lsum, y, nxt, m, m_next, buf)
 
 
 @njit(fastmath=FASTMATH, inline="always", **JIT)
-def log_write_sumexp_next_max(x, out, scale, shift, lsum, y, nxt, m, in_place, stream):
+def log_write_sumexp_next_max(x, out, scale, shift, lsum, y, nxt, m, in_place):
     """Three rows in one loop: ``out = (x*scale - shift) - lsum`` (a row's
     log_softmax), the sum of ``exp(y*scale - m)`` (the next row's) and the max
     of ``nxt`` (the one after), so the writes of one row stream out while the
     next row's exponentials are computed.  Sums as in
-    :func:`reduce.sumexp_next_max`, by :func:`ordered_sum` over runs.  With
-    ``stream`` (and ``out`` not ``x``), each run's outputs go to ``out`` by
-    :func:`stream_copy` from a stack buffer."""
+    :func:`reduce.sumexp_next_max`, by :func:`ordered_sum` over runs.
+
+    Plain stores: writing each run to a stack buffer and on by
+    :func:`stream_copy` (as the long rows' write does) made log_softmax over
+    memory slower (two threads, copy floors: 32768 x 1000 float64 1.30 ->
+    1.03 and 2048 x 32000 float32 1.28 -> 1.02 without it), and rows of
+    arrays that large which are longer than ``LOG_CACHED_ROW_BYTES`` take
+    the long rows' passes instead (see ``schedule``)."""
     buf = stack_array(ACC_RUN, m)
-    obuf = stack_array(ACC_RUN, m)
     total = 0.0
     m_next = nxt[0]
     n = x.size
     for i0 in range(0, n, ACC_RUN):
         i1 = min(i0 + ACC_RUN, n)
         o = out[i0:i1]
-        if stream and not in_place:
-            m_next = _log_write_exp_run(
-                x[i0:i1], obuf[: i1 - i0], scale, shift, lsum, y[i0:i1], nxt[i0:i1], m, m_next, buf
-            )
-            stream_copy(obuf[: i1 - i0], o)
-        elif in_place:
+        if in_place:
             m_next = _log_write_exp_run_in_place(
                 o, scale, shift, lsum, y[i0:i1], nxt[i0:i1], m, m_next, buf
             )
@@ -506,7 +505,7 @@ def log_write_sumexp_next_max(x, out, scale, shift, lsum, y, nxt, m, in_place, s
 
 
 @njit(fastmath=FASTMATH, **JIT)
-def softmax_rows_cached_block(x, out, scale, log, r0, r1, stream=False):
+def softmax_rows_cached_block(x, out, scale, log, r0, r1):
     """softmax / log_softmax of rows ``r0:r1`` that fit in cache, pipelined:
     each row's exp pass also reads the next row's max (one exp per element)."""
     in_place = same_buffer(x, out)
@@ -529,12 +528,9 @@ def softmax_rows_cached_block(x, out, scale, log, r0, r1, stream=False):
                 x[min(r + 2, r1 - 1)],
                 m,
                 in_place,
-                stream,
             )
         shift, lsum = finish(m, total, True)
-        # Streamed, this last row's write ends with the fence that also
-        # orders the streaming stores of the rows before it.
-        write_row_to(x[r1 - 1], out[r1 - 1], scale, shift, lsum, True, stream)
+        write_row(x[r1 - 1], out[r1 - 1], scale, shift, lsum, True)
         return
     for r in range(r0, r1):
         nxt = x[min(r + 1, r1 - 1)]
@@ -812,7 +808,7 @@ def softmax_rows(x, out, scale, log, cached, n_blocks):
         return
     for b in prange(n_blocks):
         softmax_rows_cached_block(
-            x, out, scale, log, b * n_rows // n_blocks, (b + 1) * n_rows // n_blocks, stream
+            x, out, scale, log, b * n_rows // n_blocks, (b + 1) * n_rows // n_blocks
         )
 
 
