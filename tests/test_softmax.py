@@ -518,16 +518,21 @@ _STREAMED_ROW = {np.float32: 1_100_000, np.float64: 600_000}
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("case", ["long rows", "split rows", "streamed", "axis 0"])
+@pytest.mark.parametrize(
+    "case", ["long rows", "split rows", "streamed", "axis 0", "axis 0 streamed"]
+)
 def test_write_pass_past_the_bound(dtype, case, rng):
     """softmax's write pass takes the clamp-free exponential on parts whose
     arguments are within its bound and the exact one on parts that are not:
     SciPy's answers on rows (or columns) past the bound among ordinary ones,
     into another array and in place, on rows too long for cache, rows split
-    across threads, outputs written by streaming stores, and along axis 0."""
+    across threads, outputs written by streaming stores, and along axis 0
+    (into a small output, and into one written by streaming stores)."""
     axis = -1
-    if case == "axis 0":
-        x = np.ascontiguousarray(rows_past_the_exp_bound(dtype, rng, (64, 3000)).T)
+    if case.startswith("axis 0"):
+        n = 3000 if case == "axis 0" else _STREAMED_ROW[dtype] // 8
+        x = np.ascontiguousarray(rows_past_the_exp_bound(dtype, rng, (64, n)).T)
+        assert schedule.streams(x) == (case == "axis 0 streamed")
         axis = 0
     elif case == "streamed":
         x = rows_past_the_exp_bound(dtype, rng, (8, _STREAMED_ROW[dtype]))

@@ -284,15 +284,16 @@ def write_row_per_column(x, out, scale, shift, factor, log):
 
 @njit(fastmath=EXACT_MATH, **JIT)
 def write_row_per_column_to(x, out, scale, shift, factor, log, stream):
-    """:func:`write_row_per_column`, or for log_softmax with ``stream`` into
-    another array by streaming stores as :func:`write_row_streamed` writes
-    (the caller runs :func:`stream_fence` after its rows).  Along axis 0 of
-    32768 x 1000, streaming took the log_softmax write pass from 1.17 to 0.86
-    copy floors in float64 and from 0.98 to 0.73 in float32, but the softmax
-    one, whose exponentials keep the loop busier, from 1.20 to 1.34 and from
-    0.90 to 1.02 (chunks of 128 to 512 elements alike): softmax stores as
-    before."""
-    if not (stream and log) or same_buffer(x, out):
+    """:func:`write_row_per_column`, or with ``stream`` into another array by
+    streaming stores as :func:`write_row_streamed` writes (the caller runs
+    :func:`stream_fence` after its rows).  Along axis 0 of 32768 x 1000,
+    streaming took the log_softmax write pass from 1.17 to 0.86 copy floors
+    in float64 and from 0.98 to 0.73 in float32.  The softmax write, whose
+    exponentials keep the loop busier, first measured slower streamed (on a
+    Zen 4 machine: 1.20 -> 1.34, float64); on the Zen 5 one the whole softmax
+    along axis 0 of 32768 x 1000 float32 went from 1.58-1.71 to 1.42-1.56
+    copy floors (three same-process runs), float64 1.48 -> 1.47."""
+    if not stream or same_buffer(x, out):
         write_row_per_column(x, out, scale, shift, factor, log)
         return
     n = out.size
