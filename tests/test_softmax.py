@@ -239,21 +239,28 @@ def test_kernel_paths(dtype, shape, axis, rng):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("view", [False, True])
-def test_column_kernel_takes_every_rows_max(dtype, view, rng):
+@pytest.mark.parametrize("n_cols", [600, 2500])
+def test_column_kernel_takes_every_rows_max(dtype, view, n_cols, rng):
     """Along axis 0 the column kernels take each block's max in a pass of
     its own or beside the block before it, rows in groups: a NaN, and a
     value far above the rest, in each position of a group, in every row
     chunk, still decide their column.  Contiguous and of strided rows (a
-    view: float64's kernel without the table's exponentials)."""
-    wide = (rng.standard_normal((2001, 700 if view else 600))).astype(dtype)
-    x = wide[:, :600]
+    view: float64's kernel without the table's exponentials); rows of one
+    tile and of several (``schedule.column_tile``), the columns set apart
+    in every tile."""
+    itemsize = np.dtype(dtype).itemsize
+    tile = schedule.column_tile(n_cols, itemsize)
+    assert (tile < n_cols) == (n_cols * itemsize > schedule.COLUMN_TILE_BYTES)
+    wide = (rng.standard_normal((2001, n_cols + 100 if view else n_cols))).astype(dtype)
+    x = wide[:, :n_cols]
     for j in range(16):
+        col = j + (j % 4) * (n_cols // 4)  # spread over the tiles
         for chunk_start in range(0, 1900, 250):
             row = chunk_start + 60 + j
             if j < 8:
-                x[row, j] = np.nan
+                x[row, col] = np.nan
             else:
-                x[row, j] = 80.0 + j  # beyond the exp bound above the others
+                x[row, col] = 80.0 + j  # beyond the exp bound above the others
     for fn, log in SOFTMAXES:
         got = fn(x, axis=0)
         ref.assert_matches(got, ref.softmax(x, axis=0, log=log), dtype, scale=50)

@@ -67,7 +67,7 @@ from .reduce import (
     sumexp_next_max,
     sumexp_runs_next_max,
 )
-from .schedule import SMALL_ROWS, block_bounds, chunk_of, driver, streams
+from .schedule import SMALL_ROWS, block_bounds, chunk_of, column_tile, driver, streams
 
 #: The most terms of one float32 column sum (in row order) in the column kernels.
 COLUMN_TERMS = 1024
@@ -314,7 +314,7 @@ IN_PLACE_ROW_BYTES = 1 << 16
 
 
 @njit(fastmath=EXACT_MATH, inline="always", **JIT)
-def prefetch_in_place_ahead(x, out, i, i1):
+def prefetch_in_place_ahead(x, out, i, i1, c0, c1):
     """In a column write pass over rows ``i < i1`` of ``x`` (2-D), prefetch the
     row :data:`IN_PLACE_AHEAD_BYTES` after row ``i`` when ``out`` is ``x``.
     Over memory, the write pass in place ran at half the speed of one into
@@ -322,11 +322,11 @@ def prefetch_in_place_ahead(x, out, i, i1):
     CE gradient in place along axis 0, 32768 x 1000: float64 2.00 -> 1.00
     copy floors, float32 0.85 -> 0.63; 8 to 64 KiB ahead measured alike).
     Into another array it was slower with it (float64 1.22 -> 1.35)."""
-    row_bytes = x.shape[1] * x.itemsize
+    row_bytes = (c1 - c0) * x.itemsize
     if row_bytes <= IN_PLACE_ROW_BYTES and same_buffer(x, out):
         k = i + (IN_PLACE_AHEAD_BYTES + row_bytes - 1) // row_bytes
         if k < i1:
-            prefetch(x[k])
+            prefetch(x[k, c0:c1])
 
 
 @njit(fastmath=FASTMATH, inline="always", **JIT)
@@ -896,25 +896,26 @@ def logsumexp_of_stats(x, scale, m_rows, total_rows, res):
 
 
 @njit(fastmath=FASTMATH, **JIT)
-def _column_block_max(x, i0, i1, block_max):
-    """Per-column max of rows ``i0:i1`` (NaN-propagating), four rows per pass
-    over ``block_max`` (measured 0.24 -> 0.18 cycles/element, float32)."""
-    row = x[i0]
+def _column_block_max(x, i0, i1, block_max, c0, c1):
+    """Per-column max of rows ``i0:i1``, columns ``c0:c1`` (NaN-propagating),
+    four rows per pass over ``block_max`` (measured 0.24 -> 0.18
+    cycles/element, float32)."""
+    row = x[i0, c0:c1]
     for j in range(row.size):
         block_max[j] = row[j]
     i = i0 + 1
     while i + 4 <= i1:
-        a = x[i]
-        b = x[i + 1]
-        c = x[i + 2]
-        d = x[i + 3]
+        a = x[i, c0:c1]
+        b = x[i + 1, c0:c1]
+        c = x[i + 2, c0:c1]
+        d = x[i + 3, c0:c1]
         for j in range(a.size):
             ab = fmaximum(a[j], b[j])
             cd = fmaximum(c[j], d[j])
             block_max[j] = fmaximum(block_max[j], fmaximum(ab, cd))
         i += 4
     for k in range(i, i1):
-        row = x[k]
+        row = x[k, c0:c1]
         for j in range(row.size):
             block_max[j] = fmaximum(block_max[j], row[j])
 
@@ -1001,7 +1002,7 @@ def _start_column_block(m, total, shift, part, block_max, scale):
 
 
 @njit(fastmath=FASTMATH, **JIT)
-def column_stats(x, scale, i_lo, i_hi, block_rows, m, total, shift, block_max, part):
+def column_stats(x, scale, i_lo, i_hi, block_rows, m, total, shift, block_max, part, c0, c1):
     """Online ``(m, total)`` per column of ``x[i_lo:i_hi]``, reduced along axis 0
     in blocks of rows (kept in cache); SIMD runs across columns.  While a
     block's exponentials are computed, the next block is prefetched row by
@@ -1012,9 +1013,10 @@ def column_stats(x, scale, i_lo, i_hi, block_rows, m, total, shift, block_max, p
     copy floors against whole rows prefetched into L1 at once.  A block's
     sums run in the data's type, per column in row order (no reduction
     across lanes: deterministic), at most :data:`COLUMN_TERMS` terms; blocks
-    add up in float64.  ``shift``, ``block_max`` and ``part`` are
-    scratch of a row's length."""
-    n_cols = x.shape[1]
+    add up in float64.  Columns ``c0:c1`` (a tile: see
+    :func:`column_stats_chunked`); ``shift``, ``block_max`` and ``part`` are
+    scratch of the tile's width."""
+    n_cols = c1 - c0
     neg_inf = like(-np.inf, scale)
     for j in range(n_cols):
         m[j] = neg_inf
@@ -1023,23 +1025,26 @@ def column_stats(x, scale, i_lo, i_hi, block_rows, m, total, shift, block_max, p
     step = FAR_PART_BYTES // x.itemsize
     for i0 in range(i_lo, i_hi, block_rows):
         i1 = min(i0 + block_rows, i_hi)
-        _column_block_max(x, i0, i1, block_max)
+        _column_block_max(x, i0, i1, block_max, c0, c1)
         _start_column_block(m, total, shift, part, block_max, scale)
         n1 = min(i1 + block_rows, i_hi)  # the next block
         for i in range(i0, i1):
             k = i1 + (i - i0)
-            nxt = x[k] if k < n1 else x[i, :0]
+            nxt = x[k, c0:c1] if k < n1 else x[i, c0:c0]
+            row = x[i, c0:c1]
             for j0 in range(0, n_cols, step):
                 j1 = min(j0 + step, n_cols)
                 prefetch_to_l2(nxt[j0:j1])
                 sums = part[j0:j1]
-                column_sumexp((x[i, j0:j1],), (), scale, shift[j0:j1], sums, sums)
+                column_sumexp((row[j0:j1],), (), scale, shift[j0:j1], sums, sums)
         for j in range(n_cols):
             total[j] += np.float64(part[j])
 
 
 @njit(fastmath=FASTMATH, **JIT)
-def column_stats_next_max(x, scale, i_lo, i_hi, block_rows, m, total, shift, block_max, part):
+def column_stats_next_max(
+    x, scale, i_lo, i_hi, block_rows, m, total, shift, block_max, part, c0, c1
+):
     """:func:`column_stats` with each block's max taken in the exponentials'
     loop of the block before (row ``i`` of a block beside row ``i`` of the
     next), as the row kernels take the next row's, in blocks of half
@@ -1054,9 +1059,9 @@ def column_stats_next_max(x, scale, i_lo, i_hi, block_rows, m, total, shift, blo
     runs, 2.76 -> 2.10 read floors; in float32's :func:`column_stats` four
     rows a pass ran slower: 1.45 -> 1.66, and with the table float32 1.65
     -> 1.86, float64 1.50 -> 1.81).
-    ``part`` holds twice a row's length (the sums, then the next block's
+    ``part`` holds twice the tile's width (the sums, then the next block's
     max)."""
-    n_cols = x.shape[1]
+    n_cols = c1 - c0
     neg_inf = like(-np.inf, scale)
     sums = part[:n_cols]
     next_max = part[n_cols:]
@@ -1064,7 +1069,7 @@ def column_stats_next_max(x, scale, i_lo, i_hi, block_rows, m, total, shift, blo
         m[j] = neg_inf
         total[j] = 0.0
     block_rows = min(max(1, block_rows // 2), COLUMN_TERMS)
-    _column_block_max(x, i_lo, min(i_lo + block_rows, i_hi), block_max)
+    _column_block_max(x, i_lo, min(i_lo + block_rows, i_hi), block_max, c0, c1)
     for i0 in range(i_lo, i_hi, block_rows):
         i1 = min(i0 + block_rows, i_hi)
         _start_column_block(m, total, shift, sums, block_max, scale)
@@ -1074,15 +1079,16 @@ def column_stats_next_max(x, scale, i_lo, i_hi, block_rows, m, total, shift, blo
         i = i0
         while i + 4 <= i1 and i1 + (i + 4 - i0) <= n1:
             k = i1 + (i - i0)
-            rows = (x[i], x[i + 1], x[i + 2], x[i + 3])
-            column_sumexp(rows, (x[k], x[k + 1], x[k + 2], x[k + 3]), scale, shift, sums, next_max)
+            rows = (x[i, c0:c1], x[i + 1, c0:c1], x[i + 2, c0:c1], x[i + 3, c0:c1])
+            nxts = (x[k, c0:c1], x[k + 1, c0:c1], x[k + 2, c0:c1], x[k + 3, c0:c1])
+            column_sumexp(rows, nxts, scale, shift, sums, next_max)
             i += 4
         for r in range(i, i1):
             k = i1 + (r - i0)
             if k < n1:
-                column_sumexp((x[r],), (x[k],), scale, shift, sums, next_max)
+                column_sumexp((x[r, c0:c1],), (x[k, c0:c1],), scale, shift, sums, next_max)
             else:
-                column_sumexp((x[r],), (), scale, shift, sums, next_max)
+                column_sumexp((x[r, c0:c1],), (), scale, shift, sums, next_max)
         for j in range(n_cols):
             total[j] += np.float64(sums[j])
             block_max[j] = next_max[j]
@@ -1117,25 +1123,35 @@ def _merge_column_stats(m_parts, total_parts, m, total):
 @driver(allocates=True)
 def column_stats_chunked(x, scale, n_chunks, block_rows):
     """Per-column ``(m, total)`` of ``x`` along axis 0: the rows are split into
-    ``n_chunks`` chunks over the threads, merged in chunk order."""
+    ``n_chunks`` chunks over the threads, merged in chunk order; each chunk
+    goes tile by tile (:func:`schedule.column_tile`), each tile through all
+    the chunk's rows, so that a tile's statistics stay in L1."""
     n, n_cols = x.shape
     m_parts = np.empty((n_chunks, n_cols), x.dtype)
     total_parts = np.empty((n_chunks, n_cols), np.float64)
     whole = whole_column_blocks(x)
+    tile = column_tile(n_cols, x.itemsize)
     for c in prange(n_chunks):
-        shift = np.empty(n_cols, x.dtype)
-        block_max = np.empty(n_cols, x.dtype)
-        part = np.empty(n_cols if whole else 2 * n_cols, x.dtype)
+        shift = np.empty(tile, x.dtype)
+        block_max = np.empty(tile, x.dtype)
+        part = np.empty(tile if whole else 2 * tile, x.dtype)
         i_lo = c * n // n_chunks
         i_hi = (c + 1) * n // n_chunks
-        if whole:
-            column_stats(
-                x, scale, i_lo, i_hi, block_rows, m_parts[c], total_parts[c], shift, block_max, part
-            )
-        else:
-            column_stats_next_max(
-                x, scale, i_lo, i_hi, block_rows, m_parts[c], total_parts[c], shift, block_max, part
-            )
+        for c0 in range(0, n_cols, tile):
+            c1 = min(c0 + tile, n_cols)
+            w = c1 - c0
+            m_tile = m_parts[c, c0:c1]
+            total_tile = total_parts[c, c0:c1]
+            if whole:
+                column_stats(
+                    x, scale, i_lo, i_hi, block_rows, m_tile, total_tile, shift[:w],
+                    block_max[:w], part[:w], c0, c1,
+                )  # fmt: skip
+            else:
+                column_stats_next_max(
+                    x, scale, i_lo, i_hi, block_rows, m_tile, total_tile, shift[:w],
+                    block_max[:w], part[: 2 * w], c0, c1,
+                )  # fmt: skip
     m = np.empty(n_cols, x.dtype)
     total = np.empty(n_cols, np.float64)
     _merge_column_stats(m_parts, total_parts, m, total)
@@ -1151,11 +1167,16 @@ def softmax_cols_write(x, out, scale, log, n_chunks, m, total, shift, factor):
     for j in range(n_cols):
         shift[j], factor[j] = finish(m[j], total[j], log)
     stream = streams(out)
+    tile = column_tile(n_cols, x.itemsize)
     for c in prange(n_chunks):
         i1 = ((c + 1) * n) // n_chunks
-        for i in range((c * n) // n_chunks, i1):
-            prefetch_in_place_ahead(x, out, i, i1)
-            write_row_per_column_to(x[i], out[i], scale, shift, factor, log, stream)
+        for c0 in range(0, n_cols, tile):
+            c1 = min(c0 + tile, n_cols)
+            for i in range((c * n) // n_chunks, i1):
+                prefetch_in_place_ahead(x, out, i, i1, c0, c1)
+                write_row_per_column_to(
+                    x[i, c0:c1], out[i, c0:c1], scale, shift[c0:c1], factor[c0:c1], log, stream
+                )
         stream_fence()
 
 

@@ -49,7 +49,7 @@ from .reduce import (
     row_sumexp_next_max,
     sumexp_next_max,
 )
-from .schedule import SMALL_ROWS, block_bounds, chunk_of, driver
+from .schedule import SMALL_ROWS, block_bounds, chunk_of, column_tile, driver
 from .softmax import (
     exp_store_sum_next_max,
     exp_within_bound,
@@ -646,13 +646,16 @@ def xent_grad_cols(x, out, m, coef, n_chunks):
     samples are the contiguous axis: ``out = exp(x - m[j]) * coef[j]``, rows of
     classes split in chunks over the threads; the caller then subtracts the
     targets' terms."""
-    n = x.shape[0]
+    n, n_cols = x.shape
     one = like(1.0, m[0])
+    tile = column_tile(n_cols, x.itemsize)
     for c in prange(n_chunks):
         i1 = ((c + 1) * n) // n_chunks
-        for i in range((c * n) // n_chunks, i1):
-            prefetch_in_place_ahead(x, out, i, i1)
-            write_row_per_column(x[i], out[i], one, m, coef, False)
+        for c0 in range(0, n_cols, tile):
+            c1 = min(c0 + tile, n_cols)
+            for i in range((c * n) // n_chunks, i1):
+                prefetch_in_place_ahead(x, out, i, i1, c0, c1)
+                write_row_per_column(x[i, c0:c1], out[i, c0:c1], one, m[c0:c1], coef[c0:c1], False)
 
 
 @driver
