@@ -313,7 +313,8 @@ def test_row_losses_across_runs_of_rows(dtype, rng):
     """Blocks of rows longer than the runs whose logs are taken after the
     run (``reduce.DEFER_ROWS``), forward and fused, with and without z-loss
     (which takes each row's log in the loop): ignored rows at the runs'
-    edges, a row of -inf and one with a NaN, weights and smoothing."""
+    edges, a row of -inf, one with a NaN and one with +inf at its target,
+    weights and smoothing."""
     from fastmax._kernels.reduce import DEFER_ROWS
 
     n_rows = 12 * DEFER_ROWS  # blocks of about 1.5 runs (2 threads: 8 blocks)
@@ -323,6 +324,8 @@ def test_row_losses_across_runs_of_rows(dtype, rng):
         t[r] = -1
     x[DEFER_ROWS + 3, :] = -np.inf
     x[2 * DEFER_ROWS - 1, 7] = np.nan
+    t[3 * DEFER_ROWS + 5] = 11
+    x[3 * DEFER_ROWS + 5, 11] = np.inf  # at the target: NaN loss (PyTorch's too)
     w = (rng.random(60) + 0.5).astype(dtype)
     finite = np.isfinite(x).all(axis=1)
     tol = dict(rtol=2e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-11, atol=1e-13)
@@ -343,6 +346,19 @@ def test_row_losses_across_runs_of_rows(dtype, rng):
             kw.get("z_loss", 0.0), -1, np.ones(finite.sum()),
         )  # fmt: skip
         np.testing.assert_allclose(grad, want, **tol, err_msg=str(kw))
+        # Every row, into another array and in place: a kept row that is not
+        # all finite gets a NaN gradient, an ignored one zeros.
+        kept = t != -1
+        for in_place in (False, True):
+            y = x.copy()
+            loss, grad = fastmax.softmax_cross_entropy_with_grad(
+                y, t, reduction="none", out=y if in_place else None, **kw
+            )
+            context = f"{kw}, in place: {in_place}"
+            np.testing.assert_allclose(loss, expected, **tol, err_msg=context)
+            np.testing.assert_allclose(grad[finite], want, **tol, err_msg=context)
+            assert np.isnan(grad[~finite & kept]).all(), context
+            assert (grad[~kept] == 0).all(), context
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -629,14 +645,15 @@ def test_class_axis_first_and_middle(rng):
     )
 
 
-def test_results_do_not_depend_on_thread_count(rng):
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_results_do_not_depend_on_thread_count(smoothing, rng):
     x, t = _problem(rng, (20_000, 50), -1, np.float32, "index")
     before = numba.get_num_threads()
     try:
         numba.set_num_threads(1)
-        one = fastmax.softmax_cross_entropy_with_grad(x, t, label_smoothing=0.1)
+        one = fastmax.softmax_cross_entropy_with_grad(x, t, label_smoothing=smoothing)
         numba.set_num_threads(before)
-        many = fastmax.softmax_cross_entropy_with_grad(x, t, label_smoothing=0.1)
+        many = fastmax.softmax_cross_entropy_with_grad(x, t, label_smoothing=smoothing)
     finally:
         numba.set_num_threads(before)
     assert one[0] == many[0]
