@@ -309,6 +309,42 @@ def _index_grad_reference(x, t, w, smoothing, z_loss, ignore_index, upstream):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_common_fused_call_on_cached_rows(dtype, reduction, rng):
+    """The common call's own path on rows that take the row kernel whole
+    (``_api.xent._rows_fused_call``) against the general path (taken with
+    weights of 1: the same sums, so the same bits) and the reference, into
+    a new array and in place; all targets ignored: a NaN mean and zeros."""
+    x, t = _problem(rng, (3000, 37), -1, dtype, "index")
+    t[::5] = -100
+    ones = np.ones(37, dtype)
+    loss, grad = fastmax.softmax_cross_entropy_with_grad(x, t, reduction=reduction)
+    loss_w, grad_w = fastmax.softmax_cross_entropy_with_grad(
+        x, t, reduction=reduction, weight=ones
+    )
+    assert type(loss) is type(loss_w) is dtype
+    assert loss == loss_w
+    np.testing.assert_array_equal(grad, grad_w)
+    tol = dict(rtol=2e-5, atol=1e-7) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(loss, ref.cross_entropy(x, t, reduction=reduction), **tol)
+    kept = t != -100
+    scale = 1.0 / kept.sum() if reduction == "mean" else 1.0
+    want = _index_grad_reference(x, t, np.ones(37), 0.0, 0.0, -100, np.full(3000, scale))
+    np.testing.assert_allclose(grad, want, **tol)
+    y = x.copy()
+    loss_in_place, grad_in_place = fastmax.softmax_cross_entropy_with_grad(
+        y, t, reduction=reduction, out=y
+    )
+    assert grad_in_place is y
+    assert loss_in_place == loss
+    np.testing.assert_array_equal(y, grad)
+    none_kept = np.full(3000, -100)
+    loss, grad = fastmax.softmax_cross_entropy_with_grad(x, none_kept, reduction=reduction)
+    assert np.isnan(loss) if reduction == "mean" else loss == 0
+    assert (grad == 0).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_row_losses_across_runs_of_rows(dtype, rng):
     """Blocks of rows longer than the runs whose logs are taken after the
     run (``reduce.DEFER_ROWS``), forward and fused, with and without z-loss
@@ -688,13 +724,19 @@ def test_no_full_size_temporaries(kind, rng):
         fastmax.softmax_cross_entropy_with_grad,
     ],
 )
-def test_bad_targets_raise_and_touch_nothing(bad, fn, rng):
-    x = rng.standard_normal((4, 5))
+@pytest.mark.parametrize("n_rows", [4, 8192], ids=["small", "cached rows"])
+def test_bad_targets_raise_and_touch_nothing(bad, fn, n_rows, rng):
+    x = rng.standard_normal((n_rows, 5))
     before = x.copy()
-    t = np.array([0, 1, bad, 2], dtype=np.int64)
+    t = np.full(n_rows, 2, dtype=np.int64)
+    t[:3] = [0, 1, bad]
     with pytest.raises(ValueError, match=f"target {bad} at index \\(2,\\)"):
         fn(x, t)
     np.testing.assert_array_equal(x, before)
+    if fn is fastmax.softmax_cross_entropy_with_grad:  # the gradient over the logits
+        with pytest.raises(ValueError, match=f"target {bad} at index \\(2,\\)"):
+            fn(x, t, out=x)
+        np.testing.assert_array_equal(x, before)
 
 
 def test_other_errors(rng):
