@@ -310,18 +310,21 @@ def _index_grad_reference(x, t, w, smoothing, z_loss, ignore_index, upstream):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
-def test_common_fused_call_on_cached_rows(dtype, reduction, rng):
-    """The common call's own path on rows that take the row kernel whole
-    (``_api.xent._rows_fused_call``) against the general path (taken with
-    weights of 1: the same sums, so the same bits) and the reference, into
-    a new array and in place; all targets ignored: a NaN mean and zeros."""
-    x, t = _problem(rng, (3000, 37), -1, dtype, "index")
+@pytest.mark.parametrize(
+    "shape", [(3000, 37), (3000, 8), (20000, 4)], ids=["rows", "short rows", "short rows, threads"]
+)
+def test_common_fused_call_in_one_kernel(dtype, reduction, shape, rng):
+    """The common call's own path on rows that take one kernel whole
+    (``_api.xent._one_kernel_fused_call``) against the general path (taken
+    with weights of 1: the same sums, so the same bits) and the reference,
+    into a new array and in place; all targets ignored: a NaN mean and
+    zeros."""
+    n_rows, n_classes = shape
+    x, t = _problem(rng, shape, -1, dtype, "index")
     t[::5] = -100
-    ones = np.ones(37, dtype)
+    ones = np.ones(n_classes, dtype)
     loss, grad = fastmax.softmax_cross_entropy_with_grad(x, t, reduction=reduction)
-    loss_w, grad_w = fastmax.softmax_cross_entropy_with_grad(
-        x, t, reduction=reduction, weight=ones
-    )
+    loss_w, grad_w = fastmax.softmax_cross_entropy_with_grad(x, t, reduction=reduction, weight=ones)
     assert type(loss) is type(loss_w) is dtype
     assert loss == loss_w
     np.testing.assert_array_equal(grad, grad_w)
@@ -329,7 +332,7 @@ def test_common_fused_call_on_cached_rows(dtype, reduction, rng):
     np.testing.assert_allclose(loss, ref.cross_entropy(x, t, reduction=reduction), **tol)
     kept = t != -100
     scale = 1.0 / kept.sum() if reduction == "mean" else 1.0
-    want = _index_grad_reference(x, t, np.ones(37), 0.0, 0.0, -100, np.full(3000, scale))
+    want = _index_grad_reference(x, t, ones, 0.0, 0.0, -100, np.full(n_rows, scale))
     np.testing.assert_allclose(grad, want, **tol)
     y = x.copy()
     loss_in_place, grad_in_place = fastmax.softmax_cross_entropy_with_grad(
@@ -338,7 +341,7 @@ def test_common_fused_call_on_cached_rows(dtype, reduction, rng):
     assert grad_in_place is y
     assert loss_in_place == loss
     np.testing.assert_array_equal(y, grad)
-    none_kept = np.full(3000, -100)
+    none_kept = np.full(n_rows, -100)
     loss, grad = fastmax.softmax_cross_entropy_with_grad(x, none_kept, reduction=reduction)
     assert np.isnan(loss) if reduction == "mean" else loss == 0
     assert (grad == 0).all()
@@ -724,9 +727,12 @@ def test_no_full_size_temporaries(kind, rng):
         fastmax.softmax_cross_entropy_with_grad,
     ],
 )
-@pytest.mark.parametrize("n_rows", [4, 8192], ids=["small", "cached rows"])
-def test_bad_targets_raise_and_touch_nothing(bad, fn, n_rows, rng):
-    x = rng.standard_normal((n_rows, 5))
+@pytest.mark.parametrize(
+    "shape", [(4, 5), (8192, 5), (8192, 4)], ids=["small", "cached rows", "short rows"]
+)
+def test_bad_targets_raise_and_touch_nothing(bad, fn, shape, rng):
+    n_rows = shape[0]
+    x = rng.standard_normal(shape)
     before = x.copy()
     t = np.full(n_rows, 2, dtype=np.int64)
     t[:3] = [0, 1, bad]

@@ -131,36 +131,48 @@ def _small_reduced_call(logits, target, ignore_index, reduction, out, fused: boo
     return None if bad >= 0 else logits.dtype.type(loss)
 
 
-def _cached_rows(rows: np.ndarray) -> bool:
+def _one_kernel_rows(rows: np.ndarray) -> bool:
     """Whether rows with contiguous classes, not :func:`_small_rows`, take
-    ``xent.xent_index_rows`` whole (the paths of :func:`_run` for a reduced
-    loss and its gradient): not short rows, not rows split over the threads,
-    not more than one chunk of :data:`_REDUCE_ROWS`."""
-    return (
-        rows.shape[0] <= _REDUCE_ROWS and not short.fits_rows(rows) and not split_rows(*rows.shape)
-    )
+    one kernel call whole for a reduced loss and its gradient (the paths of
+    :func:`_run`): short rows (``short.xent_index_grad_short_rows``, any
+    number), or rows neither split over the threads nor more than one chunk
+    of :data:`_REDUCE_ROWS` (``xent.xent_index_rows``)."""
+    return short.fits_rows(rows) or (rows.shape[0] <= _REDUCE_ROWS and not split_rows(*rows.shape))
 
 
-def _rows_fused_call(logits, target, ignore_index, reduction, out):
+def _one_kernel_fused_call(logits, target, ignore_index, reduction, out):
     """The reduced loss and, into ``out``, the gradient (``grad=1``) of a
-    :func:`_common_call` on :func:`_cached_rows`: :func:`_prepare`,
-    :func:`_scales`, :func:`_run` and :func:`_reduce` for this one path,
-    without their choices of path and problem (1024 x 1000 float32, two
-    threads: 14.4 -> 8.9 us of Python around the kernel's call; the whole
-    call, same-process rounds, 110.7 -> 105.3 us).  None on a bad target
-    (the general path then raises)."""
+    :func:`_common_call` on :func:`_one_kernel_rows`: :func:`_prepare`,
+    :func:`_scales`, :func:`_run` and :func:`_reduce` for these paths,
+    without their choices of path and problem.  Two threads, same-process
+    rounds, the whole call, float32: 1024 x 1000 110.7 -> 105.3 us,
+    16384 x 8 63.7 -> 49.9 us.
+    None on a bad target (the general path then raises)."""
     n, n_classes = logits.shape
     w = _unit_weights(n_classes, logits.dtype)
     bad, denominator, _ = _check_targets(target, n_classes, ignore_index, w)
     if bad >= 0:
         return None
     mean = reduction == "mean"
-    scale = np.full(n, _divide(1.0, denominator) if mean else 1.0)
-    part_a = np.empty(n)
-    K.xent_index_rows(
-        logits.size, logits, target, w, ignore_index, 0.0, 0.0, part_a, np.empty(n), True, out,
-        scale, scale, _row_blocks(logits),
-    )  # fmt: skip
+    s = _divide(1.0, denominator) if mean else 1.0
+    if short.fits_rows(logits):
+        # A read-only stride-0 view, as np.broadcast_to makes (the general
+        # path's type: no second compilation), in 0.2 us instead of 2.
+        one = np.full(1, s)
+        scale = np.ndarray((n,), one.dtype, one, 0, (0,))
+        scale.flags.writeable = False
+        part_a, part_z = _block_parts(logits)
+        short.xent_index_grad_short_rows(
+            logits.size, logits, target, w, ignore_index, 0.0, part_a, part_z, True, out,
+            scale, scale, _row_blocks(logits),
+        )  # fmt: skip
+    else:
+        scale = np.full(n, s)
+        part_a = np.empty(n)
+        K.xent_index_rows(
+            logits.size, logits, target, w, ignore_index, 0.0, 0.0, part_a, np.empty(n), True,
+            out, scale, scale, _row_blocks(logits),
+        )  # fmt: skip
     total = float(part_a.sum())
     # The rules of _loss_of_sums without a z-loss.
     return logits.dtype.type(_divide(total, denominator) if mean else total)
@@ -905,9 +917,9 @@ def softmax_cross_entropy_with_grad(
         if _small_rows(logits):
             result = np.empty_like(logits) if out is None else out
             loss = _small_reduced_call(logits, target, ignore_index, reduction, result, True)
-        elif _cached_rows(logits):
+        elif _one_kernel_rows(logits):
             result = np.empty_like(logits) if out is None else out
-            loss = _rows_fused_call(logits, target, ignore_index, reduction, result)
+            loss = _one_kernel_fused_call(logits, target, ignore_index, reduction, result)
         if loss is not None:
             return loss, result
     pb = _prepare(
