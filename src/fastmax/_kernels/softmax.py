@@ -250,13 +250,20 @@ def write_row_streamed(x, out, scale, shift, factor, log):
     stores: each chunk goes to a stack buffer, then to ``out`` by
     :func:`stream_copy`, so the output's lines are not read before they are
     written (a plain store first reads the line: a third of a copy's memory
-    traffic).  For outputs far larger than the caches, which they leave."""
+    traffic).  For outputs far larger than the caches, which they leave.
+    log_softmax's loop, with no exponentials to hide the input's reads,
+    prefetches the input :data:`WRITE_AHEAD` chunks ahead, as
+    :func:`write_row` does (split write pass of 1 x 32M, two threads,
+    same-process rounds, copy floors: float32 0.92 -> 0.76, float64 0.99 ->
+    0.81; softmax's: 0.77 and 0.76)."""
     n = out.size
     head = line_offset(out)
     _write_loop(x[:head], out[:head], scale, shift, factor, log)
     buf = stack_array(STREAM_CHUNK, scale)
     for i0 in range(head, n, STREAM_CHUNK):
         i1 = min(i0 + STREAM_CHUNK, n)
+        if log:
+            prefetch_chunk_ahead(x, i0, False)
         seg = buf[: i1 - i0]
         _write_loop(x[i0:i1], seg, scale, shift, factor, log)
         stream_copy(seg, out[i0:i1])
