@@ -684,19 +684,24 @@ def test_class_axis_first_and_middle(rng):
     )
 
 
+@pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
-def test_results_do_not_depend_on_thread_count(smoothing, rng):
+def test_results_do_not_depend_on_thread_count(smoothing, weighted, rng):
     x, t = _problem(rng, (20_000, 50), -1, np.float32, "index")
+    kw = dict(label_smoothing=smoothing)
+    if weighted:
+        kw["weight"] = (rng.random(50) + 0.5).astype(np.float32)
     before = numba.get_num_threads()
     try:
-        numba.set_num_threads(1)
-        one = fastmax.softmax_cross_entropy_with_grad(x, t, label_smoothing=smoothing)
-        numba.set_num_threads(before)
-        many = fastmax.softmax_cross_entropy_with_grad(x, t, label_smoothing=smoothing)
+        for reduction in ("mean", "none"):
+            numba.set_num_threads(1)
+            one = fastmax.softmax_cross_entropy_with_grad(x, t, reduction=reduction, **kw)
+            numba.set_num_threads(max(2, before))
+            many = fastmax.softmax_cross_entropy_with_grad(x, t, reduction=reduction, **kw)
+            np.testing.assert_array_equal(one[0], many[0], err_msg=reduction)
+            np.testing.assert_array_equal(one[1], many[1], err_msg=reduction)
     finally:
         numba.set_num_threads(before)
-    assert one[0] == many[0]
-    np.testing.assert_array_equal(one[1], many[1])
 
 
 @pytest.mark.parametrize("kind", ["index", "prob"])
