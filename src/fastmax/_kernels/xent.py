@@ -253,14 +253,20 @@ def rescale_pass(out, w, q, coef, minus, keep, spread, use_q):
 
 
 @njit(fastmath=FASTMATH, inline="always", **JIT)
-def _index_row_part(m, total, xt, wt, xw, smoothing, total_w, n_classes):
-    """A row's loss part ``(1 - smoothing) wt (lse - xt)``, plus the
-    smoothing's part (from ``xw``, :func:`row_pass`'s sum), and its lse."""
-    nll, lse = nll_and_lse(m, total, xt)
+def _loss_part(nll, lse, wt, m, total, xw, smoothing, total_w, n_classes):
+    """A row's loss part ``(1 - smoothing) wt nll``, plus the smoothing's part
+    (from ``xw``, :func:`row_pass`'s sum), from its ``nll`` and ``lse``."""
     a = (1.0 - smoothing) * wt * nll
     if smoothing > 0.0:
         a += smoothing / n_classes * (shifted_lse_product(total_w, m, total, lse) - xw)
-    return a, lse
+    return a
+
+
+@njit(fastmath=FASTMATH, inline="always", **JIT)
+def _index_row_part(m, total, xt, wt, xw, smoothing, total_w, n_classes):
+    """A row's :func:`_loss_part` and its lse (:func:`nll_and_lse`)."""
+    nll, lse = nll_and_lse(m, total, xt)
+    return _loss_part(nll, lse, wt, m, total, xw, smoothing, total_w, n_classes), lse
 
 
 @njit(fastmath=FASTMATH, inline="always", **JIT)
@@ -282,9 +288,7 @@ def _deferred_parts(tb, w, ignore_index, smoothing, total_w, shifts, totals, xts
         nll, lse = finite_nll_and_lse(s if fin else 0.0, totals[j] if fin else 1.0, xts[j])
         lse = lse if fin else np.float64(s)
         nll = nll if fin else np.float64(s) - xts[j]
-        a = (1.0 - smoothing) * wt * nll
-        if smoothing > 0.0:
-            a += smoothing / n_classes * (shifted_lse_product(total_w, s, totals[j], lse) - xws[j])
+        a = _loss_part(nll, lse, wt, s, totals[j], xws[j], smoothing, total_w, n_classes)
         pa[j] = a if keep else 0.0
         pz[j] = lse * lse if keep else 0.0
 
