@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 import fastmax
 from fastmax._kernels import reduce, schedule, short
 from fastmax._kernels import softmax as K
+from fastmax._kernels._math import TABLE_EXP
 
 from . import reference as ref
 from .strategies import (
@@ -265,6 +266,85 @@ def test_column_kernel_takes_every_rows_max(dtype, view, n_cols, rng):
         got = fn(x, axis=0)
         ref.assert_matches(got, ref.softmax(x, axis=0, log=log), dtype, scale=50)
     ref.assert_matches(fastmax.logsumexp(x, axis=0), ref.logsumexp(x, axis=0), dtype, scale=50)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_logsumexp_along_axis_0_by_direct_sums_and_their_fallback(dtype, rng):
+    """logsumexp along axis 0 takes each row chunk's column sums of
+    ``exp(x)`` with no shift where they are right, else the shifted
+    statistics: both kinds of chunk in one array, merged, against SciPy
+    (chunks with an entry whose exponential overflows, a column of tiny
+    exponentials, a NaN, +inf; -inf entries in the direct chunks), and
+    results near zero refined about the column's max (to their relative
+    precision, which an absolute tolerance would not see).  Then columns
+    that no chunk can take directly (tiny exponentials, all -inf)."""
+    n = 1024
+    assert schedule.column_chunks(n) == schedule.COLUMN_CHUNKS  # chunks of 128 rows
+    x = (rng.standard_normal((n, 37)) * 3).astype(dtype)
+    big, tiny = (100.0, -120.0) if dtype == np.float32 else (800.0, -800.0)
+    x[300, 3] = big  # chunk 2
+    x[640:768, 4] = tiny  # chunk 5
+    x[800, 7] = np.nan  # chunk 6
+    x[5, 11] = np.inf  # chunk 0
+    x[130, 8] = x[900, 8] = -np.inf  # chunks 1 and 7, direct
+    x[:, 9] = np.log(1 / n)
+    x[:, 12] = rng.standard_normal(n) * 1e-3 - np.log(n)
+    m, _ = K.column_stats_chunked(
+        x.size, x, dtype(1.0), schedule.COLUMN_CHUNKS, schedule.column_block_rows(37, x.itemsize),
+        True,
+    )  # fmt: skip
+    # Where every shifted chunk's max is negative, the merge keeps the direct
+    # chunks' reference 0 (and the near-zero refinement needs the max).
+    assert (m[[9, 12]] == 0).all() == bool(TABLE_EXP)
+    got = fastmax.logsumexp(x, axis=0)
+    expected = ref.logsumexp(x.astype(np.float64), axis=0)
+    ref.assert_matches(got, expected, dtype, scale=50)
+    near = [9, 12]  # exact in any precision; float32's own exponentials' error
+    assert np.all(np.abs(expected[near]) < reduce.NEAR_ZERO)
+    rtols = (1e-6, 1e-3) if dtype == np.float32 else (1e-12, 1e-12)
+    for j, rtol in zip(near, rtols, strict=True):
+        np.testing.assert_allclose(got[j], expected[j], rtol=rtol, atol=0, err_msg=str(j))
+    x[:, 5] = tiny - 30
+    x[:, 10] = -np.inf
+    x[:, 13] = np.log(1 / n)  # near zero with every chunk shifted
+    got = fastmax.logsumexp(x, axis=0)
+    expected = ref.logsumexp(x.astype(np.float64), axis=0)
+    ref.assert_matches(got, expected, dtype, scale=50)
+    np.testing.assert_allclose(got[[9, 13]], expected[[9, 13]], rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_direct_column_sums_are_right_or_say_so(dtype, rng):
+    """``K.direct_column_sums`` (on AVX-512 targets, where logsumexp along
+    axis 0 takes it): sums of ``exp(x)`` per column that agree with NumPy's,
+    -inf entries counting 0; False where an entry is NaN or +inf, where an
+    exponential overflows, and where a column's sum is too small to be
+    right (tiny exponentials, or none but -inf)."""
+    if not TABLE_EXP:
+        pytest.skip("no AVX-512: logsumexp takes no direct sums")
+    one = np.dtype(dtype).type(1.0)
+    total = np.empty(40)
+    part = np.empty(40, dtype)
+
+    def sums(x):
+        return K.direct_column_sums(x, one, 0, x.shape[0], 64, total, part, 0, x.shape[1])
+
+    x = (rng.standard_normal((300, 40)) * 4).astype(dtype)
+    x[7, 2] = -np.inf
+    assert sums(x)
+    expected = np.exp(x.astype(np.float64)).sum(axis=0)
+    np.testing.assert_allclose(total, expected, rtol=1e-6 if dtype == np.float32 else 1e-14)
+    big, tiny = (100.0, -120.0) if dtype == np.float32 else (800.0, -800.0)
+    for value, col in ((np.nan, 3), (np.inf, 5), (big, 39), (None, 0)):
+        y = x.copy()
+        if value is None:
+            y[:, col] = tiny
+        else:
+            y[150, col] = value
+        assert not sums(y), value
+    y = x.copy()
+    y[:, 11] = -np.inf
+    assert not sums(y)
 
 
 def _streamed_shapes(itemsize: int) -> list[tuple[tuple[int, int], int]]:

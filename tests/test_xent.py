@@ -671,6 +671,34 @@ def test_class_axis_first_column_kernels(dtype, rng):
     np.testing.assert_allclose(y, grad1.T, **tol)
 
 
+def test_class_axis_first_forward_by_direct_sums(rng):
+    """float32 forward with classes on axis 0: chunks of classes whose sums of
+    ``exp(x)`` are taken with no shift (all finite and in range), merged
+    with chunks shifted for an overflowing logit, a NaN or tiny logits, in
+    one tile and across tiles; per-sample losses (and their z-loss, which
+    takes the logsumexp) against the reference and the same problem with
+    classes last."""
+    n_classes, n = 1000, 2100  # 8 chunks of 125 classes; two tiles of samples
+    assert schedule.column_chunks(n_classes) == schedule.COLUMN_CHUNKS
+    x, t = _problem(rng, (n_classes, n), 0, np.float32, "index")
+    x *= 3
+    x[130, 5] = 100.0  # chunk 1: its exponential overflows in float32
+    x[400, 2080] = np.nan  # chunk 3, second tile
+    x[900:1000, 17] = -120.0  # chunk 7: tiny exponentials
+    x[10, 40] = -np.inf  # a direct chunk
+    for kw in ({}, {"z_loss": 1e-3}):
+        loss = fastmax.softmax_cross_entropy(x, t, axis=0, reduction="none", **kw)
+        rows = np.ascontiguousarray(x.T)
+        tol = dict(rtol=2e-5, atol=1e-6)
+        same = fastmax.softmax_cross_entropy(rows, t, reduction="none", **kw)
+        np.testing.assert_allclose(loss, same, equal_nan=True, **tol)
+        with np.errstate(invalid="ignore"):
+            expected = ref.cross_entropy(x, t, axis=0, reduction="none", **kw)
+        finite = np.arange(n) != 40  # the reference makes the -inf one's loss NaN
+        np.testing.assert_allclose(loss[finite], expected[finite], equal_nan=True, **tol)
+        assert np.isnan(loss[2080]) and np.isfinite(np.delete(loss, 2080)).all()
+
+
 def test_class_axis_first_and_middle(rng):
     x, t = _problem(rng, (4, 7, 3, 2), 1, np.float64, "index")
     np.testing.assert_allclose(

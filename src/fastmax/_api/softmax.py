@@ -78,7 +78,7 @@ def _softmax_rows(src: np.ndarray, dst: np.ndarray, mask, scale, log: bool) -> N
     elif n_cols > 1 and unit_stride(src, 0) and unit_stride(dst, 0) and not unit_stride(src, 1):
         xt, chunks = src.T, column_chunks(n_cols)
         m, total = K.column_stats_chunked(
-            size, xt, scale, chunks, column_block_rows(n_rows, src.itemsize)
+            size, xt, scale, chunks, column_block_rows(n_rows, src.itemsize), False
         )
         shift, factor = np.empty((2, xt.shape[1]), src.dtype)  # one per column of xt
         K.softmax_cols_write(size, xt, dst.T, scale, log, chunks, m, total, shift, factor)
@@ -179,7 +179,7 @@ def _logsumexp_rows(src: np.ndarray, res: np.ndarray) -> None:
     elif n_cols > 1 and unit_stride(src, 0) and not unit_stride(src, 1):
         xt = src.T
         m, total = K.column_stats_chunked(
-            size, xt, one, column_chunks(n_cols), column_block_rows(n_rows, src.itemsize)
+            size, xt, one, column_chunks(n_cols), column_block_rows(n_rows, src.itemsize), True
         )
         K.logsumexp_of_columns(xt, one, m, total, res)
     else:

@@ -384,8 +384,11 @@ def _column_index_rows(pb: _Problem, rows, index, part_a, part_z, grad_rows, sca
     one = rows.dtype.type(1.0)
     xt_cols = rows.T  # (C, N), rows contiguous
     chunks = column_chunks(n_classes)
+    # The forward of float32 takes the sums with no shift where they are right
+    # (m is then 0, a reference): its losses, in float64, keep their precision.
+    direct = grad_rows is None and rows.dtype == np.float32
     m, total = KS.column_stats_chunked(
-        rows.size, xt_cols, one, chunks, column_block_rows(n, rows.itemsize)
+        rows.size, xt_cols, one, chunks, column_block_rows(n, rows.itemsize), direct
     )
     terms = _index_terms(pb, rows, index, m, total, None, part_a, part_z, scale, scale_z)
     if grad_rows is None:

@@ -1947,9 +1947,10 @@ _TABLE_SUM_EXPS = {
 }  # fmt: skip
 
 
-def _table_exp_term(builder, spec, v, clamp=True):
+def _table_exp_term(builder, spec, v, clamp=True, keep_nan=False):
     """IR of ``exp(max(v, lo))`` for a vector (``exp_term``'s contract, lo
-    -700 or -86), or without ``clamp`` of ``exp(v)``: ``e^r`` by the
+    -700 or -86; with ``keep_nan`` a NaN argument stays NaN, where otherwise
+    it gives ``exp(lo)``), or without ``clamp`` of ``exp(v)``: ``e^r`` by the
     polynomial, times ``2^(j/N)`` (a permute of the table's registers),
     times ``2^k`` by ``vscalef`` (which takes the floor of ``m = k + j/N``
     itself, and rounds once where the result is subnormal).
@@ -1968,7 +1969,10 @@ def _table_exp_term(builder, spec, v, clamp=True):
     def splat(c):
         return ir.Constant(vty, [c] * lanes)
 
-    if clamp:
+    if clamp and keep_nan:
+        lo = splat(spec.lo)
+        v = builder.select(builder.fcmp_ordered("<", v, lo), lo, v)
+    elif clamp:
         lo = splat(spec.lo)
         v = builder.select(builder.fcmp_ordered(">", v, lo), v, lo)
     t = _fma(builder, v, splat(spec.log2e), splat(spec.shift))
@@ -2360,6 +2364,62 @@ def _column_exp_add_overload(rows, nexts, scale, shift, part, top):
             rows, nexts, dt(scale), shift, part, top
         )
     return None
+
+
+def _column_terms_add_codegen(context, builder, signature, args):
+    row_ty, _, part_ty = signature.args
+    spec = _TABLE_SUM_EXPS[part_ty.dtype]
+    vty = ir.VectorType(spec.float_type(), spec.lanes)
+    row = context.make_array(row_ty)(context, builder, args[0])
+    part_a = context.make_array(part_ty)(context, builder, args[2])
+    n = builder.extract_value(part_a.shape, 0)
+    scale = _splat(builder, args[1], spec.lanes)
+
+    def body(starts, mask, scaled):
+        for start in starts:
+            xv = _load_vector(builder, row, start, vty, mask)
+            v = builder.fmul(xv, scale) if scaled else xv
+            term = _table_exp_term(builder, spec, v, keep_nan=True)
+            total = _fadd_in_order(builder, _load_vector(builder, part_a, start, vty, mask), term)
+            _store_vector(builder, total, part_a, start, mask)
+
+    _table_loops(builder, n, spec.lanes, args[1], body, unroll=2)
+    return context.get_dummy_value()
+
+
+@intrinsic
+def _column_terms_add_avx512(typingctx, row, scale, part):
+    if not (table_exp_type(row) and table_exp_type(part) and row.dtype == part.dtype):
+        return None
+    if scale != part.dtype:
+        return None
+    return types.none(row, scale, part), _column_terms_add_codegen
+
+
+def column_terms_add(row, scale, part):  # pragma: no cover - replaced by the overload
+    part += np.exp(row[: part.size] * scale)
+
+
+@overload(column_terms_add, inline="always")
+def _column_terms_add_overload(row, scale, part):
+    """``part[j] += exp(max(row[j] * scale, lo))`` for every ``j < part.size``
+    (``row`` at least as long, not checked; ``lo`` -86 for float32, -700
+    for float64), NaN kept: the terms of a column sum with no shift, by the
+    table's exponential across columns.  Where ``row[j] * scale`` is NaN,
+    +inf or so large that its exponential overflows, ``part[j]`` becomes NaN
+    or +inf; a term clamped at ``lo`` (-inf included) is at most 2^-124
+    (float32; float64 2^-1009).  For arrays :func:`table_exp_type` takes;
+    others (never called with them: see ``softmax.direct_column_sums``)
+    take :func:`exp` element by element."""
+    if table_exp_type(row) and table_exp_type(part):
+        dt = part.dtype
+        return lambda row, scale, part: _column_terms_add_avx512(row, dt(scale), part)
+
+    def impl(row, scale, part):
+        for j in range(part.size):
+            part[j] += exp(row[j] * scale)
+
+    return impl
 
 
 def _table_exp_stored(context, builder, dtype):
