@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import os
+import subprocess
+import sys
 import tracemalloc
 
 import numba
@@ -289,6 +292,44 @@ def test_row_forward(dtype, shape, rng):
             ref.cross_entropy(x[finite], t[finite], **kw),
             **tol,
         )
+
+
+_FUSED_PATHS = """
+import sys
+import numpy as np
+import fastmax
+out = []
+for shape in ((3000, 37), (3000, 8)):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape)
+    t = rng.integers(0, shape[1], shape[0])
+    t[::5] = -100
+    grads = [fastmax.softmax_cross_entropy_with_grad(x, t, weight=np.ones(shape[1]))[1]]
+    if sys.argv[1] == "both":
+        grads.append(fastmax.softmax_cross_entropy_with_grad(x, t)[1])
+        out.append(bool(np.array_equal(grads[0], grads[1])))
+print(out)
+"""
+
+
+def test_common_fused_call_is_the_general_one_across_processes(tmp_path):
+    """The common fused call's path and the general one give the same bits
+    when one was compiled in this process and the other's kernels come
+    from the on-disk cache (float64, the mean: a process fills an empty
+    cache with the general path's kernels, another runs both).  With
+    fast-math flags on the rows' gradient scaling, the two differed in
+    the last bit on every kept row."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    for which, expected in (("general", "[]"), ("both", "[True, True]")):
+        proc = subprocess.run(
+            [sys.executable, "-c", _FUSED_PATHS, which],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        assert proc.stdout.strip() == expected, proc.stdout
 
 
 def _index_grad_reference(x, t, w, smoothing, z_loss, ignore_index, upstream):

@@ -324,17 +324,26 @@ def _grad_rows_run(x, target, w, ignore_index, out, scale, c0, c1, r1, m_next, s
             for k in range(n_classes):
                 orow[k] = 0
             continue
-        a = np.float64(w[t]) * scale[r]
-        if math.isfinite(m):
-            c = like(a / total, m)
-            for k in range(n_classes):
-                orow[k] *= c
-        else:  # the exponentials are not the answer: NaN (as rescale_pass makes it)
-            c = like(math.nan, m)
-            for k in range(n_classes):
-                orow[k] = c
-        orow[t] -= like(a, m)
+        c, a = _row_factor(np.float64(w[t]), scale[r], total, m)
+        for k in range(n_classes):
+            orow[k] *= c
+        orow[t] -= a
     return m_next
+
+
+@njit(fastmath=EXACT_MATH, **JIT)
+def _row_factor(wt, s, total, m):
+    """A kept row's factor ``wt * s / total`` of its exponentials in the
+    gradient (NaN if ``m`` is not finite: the exponentials are not the
+    answer, as in :func:`rescale_pass`) and ``wt * s``, taken off at its
+    target, in ``m``'s type.  Without fast-math flags, in a function of its
+    own: in :func:`_grad_rows_run`, LLVM rounded it differently depending on
+    how that function was compiled (in the process, or loaded from the
+    on-disk cache beside helpers compiled in the process), and float64
+    gradients of one call differed in the last bit between processes."""
+    a = wt * s
+    c = a / total if math.isfinite(m) else math.nan
+    return like(c, m), like(a, m)
 
 
 @driver
