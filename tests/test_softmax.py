@@ -314,37 +314,51 @@ def test_logsumexp_along_axis_0_by_direct_sums_and_their_fallback(dtype, rng):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_direct_column_sums_are_right_or_say_so(dtype, rng):
-    """``K.direct_column_sums`` (on AVX-512 targets, where logsumexp along
-    axis 0 takes it): sums of ``exp(x)`` per column that agree with NumPy's,
-    -inf entries counting 0; False where an entry is NaN or +inf, where an
-    exponential overflows, and where a column's sum is too small to be
-    right (tiny exponentials, or none but -inf)."""
+def test_direct_column_stats_are_right_or_say_so(dtype, rng):
+    """``K.direct_column_stats`` (on AVX-512 targets, where logsumexp along
+    axis 0 takes it): statistics whose ``m + log(total)`` is each column's
+    logsumexp, by sums with no shift, and from a block with a NaN, +inf or
+    an overflowing exponential on (the first block, a middle one, the last
+    one), shifted; False where a column's sum is too small to keep about 0
+    (tiny exponentials, all -inf)."""
     if not TABLE_EXP:
         pytest.skip("no AVX-512: logsumexp takes no direct sums")
     one = np.dtype(dtype).type(1.0)
-    total = np.empty(40)
-    part = np.empty(40, dtype)
+    n, n_cols = 300, 40  # blocks of 64 rows: the last one short
 
-    def sums(x):
-        return K.direct_column_sums(x, one, 0, x.shape[0], 64, total, part, 0, x.shape[1])
+    def stats(x):
+        m, shift, block_max, part = np.empty((4, n_cols), dtype)
+        total = np.empty(n_cols)
+        ok = K.direct_column_stats(x, one, 0, n, 64, m, total, shift, block_max, part, 0, n_cols)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return ok, m.astype(np.float64) + np.log(total)
 
-    x = (rng.standard_normal((300, 40)) * 4).astype(dtype)
+    x = (rng.standard_normal((n, n_cols)) * 4).astype(dtype)
     x[7, 2] = -np.inf
-    assert sums(x)
-    expected = np.exp(x.astype(np.float64)).sum(axis=0)
-    np.testing.assert_allclose(total, expected, rtol=1e-6 if dtype == np.float32 else 1e-14)
     big, tiny = (100.0, -120.0) if dtype == np.float32 else (800.0, -800.0)
-    for value, col in ((np.nan, 3), (np.inf, 5), (big, 39), (None, 0)):
+    rtol = 1e-6 if dtype == np.float32 else 1e-14
+    for value, row, col in (
+        (None, 0, 0),
+        (np.nan, 150, 3),
+        (np.inf, 10, 5),
+        (big, 290, 39),
+        (big, 0, 20),
+        (big, 130, 21),
+    ):
         y = x.copy()
-        if value is None:
-            y[:, col] = tiny
-        else:
-            y[150, col] = value
-        assert not sums(y), value
-    y = x.copy()
-    y[:, 11] = -np.inf
-    assert not sums(y)
+        if value is not None:
+            y[row, col] = value
+        ok, lse = stats(y)
+        assert ok, value
+        ref.assert_matches(lse, ref.logsumexp(y.astype(np.float64), axis=0), dtype, scale=50)
+        finite = np.isfinite(lse)
+        np.testing.assert_allclose(
+            lse[finite], ref.logsumexp(y.astype(np.float64), axis=0)[finite], rtol=rtol
+        )
+    for column in (np.full(n, tiny), np.full(n, -np.inf)):
+        y = x.copy()
+        y[:, 11] = column
+        assert not stats(y)[0]
 
 
 def _streamed_shapes(itemsize: int) -> list[tuple[tuple[int, int], int]]:

@@ -2409,7 +2409,7 @@ def _column_terms_add_overload(row, scale, part):
     +inf or so large that its exponential overflows, ``part[j]`` becomes NaN
     or +inf; a term clamped at ``lo`` (-inf included) is at most 2^-124
     (float32; float64 2^-1009).  For arrays :func:`table_exp_type` takes;
-    others (never called with them: see ``softmax.direct_column_sums``)
+    others (never called with them: see ``softmax.direct_column_stats``)
     take :func:`exp` element by element."""
     if table_exp_type(row) and table_exp_type(part):
         dt = part.dtype

@@ -1067,10 +1067,9 @@ def column_stats(x, scale, i_lo, i_hi, block_rows, m, total, shift, block_max, p
             total[j] += np.float64(part[j])
 
 
-#: A chunk's column sums of ``exp(x)`` with no shift (:func:`direct_column_sums`)
-#: stand for its statistics where each is finite and at least this much a row:
-#: the terms clamped at ``exp(-86)`` (float32; float64 ``exp(-700)``) then
-#: weigh less than 2^-64 of the sum.
+#: :func:`direct_column_stats` keeps a column's sum about a reference of 0
+#: where it is at least this much a row: the terms clamped at ``exp(-86)``
+#: (float32; float64 ``exp(-700)``) then weigh less than 2^-64 of the sum.
 DIRECT_SUM_MIN = 2.0**-60
 
 
@@ -1080,42 +1079,56 @@ def takes_direct_sums(x):  # pragma: no cover - replaced by the overload in jitt
 
 @overload(takes_direct_sums, inline="always")
 def _takes_direct_sums_overload(x):
-    """Whether the column statistics of ``x`` (2-D) try
-    :func:`direct_column_sums` first: C rows on AVX-512 (the table's
+    """Whether the column statistics of ``x`` (2-D) for logsumexp take
+    :func:`direct_column_stats`: C rows on AVX-512 (the table's
     exponentials; others were not measured)."""
     direct = x.layout == "C" and table_exp_type(types.Array(x.dtype, 1, "C"))
     return lambda x: direct
 
 
 @njit(fastmath=FASTMATH, **JIT)
-def direct_column_sums(x, scale, i_lo, i_hi, block_rows, total, part, c0, c1):
-    """``total[j]`` = the sum over rows ``i_lo:i_hi`` of ``exp(x[i, c0 + j] *
-    scale)``, with no shift and so no max pass (:func:`column_terms_add`;
-    in blocks of rows, each block's sums in the data's type as in
-    :func:`column_stats`, the next block prefetched row by row).  True if
-    every sum is finite and at least :data:`DIRECT_SUM_MIN` a row: each is
-    then as accurate as :func:`column_stats`' shifted sum, and ``(0,
-    total[j])`` are the column's statistics for logsumexp (not for the
-    write passes, which take the max as their shift).  Otherwise (a NaN,
-    +inf or large entry, or a column of tiny exponentials) the sums are
-    unspecified and the caller takes :func:`column_stats`.  One thread,
-    32768 x 1000 (prototype): float32 181 -> 140 ps an element, float64
-    395 -> 330 (with the rows in L2: 123 -> 84 and 368 -> 272)."""
+def direct_column_stats(x, scale, i_lo, i_hi, block_rows, m, total, shift, block_max, part, c0, c1):
+    """:func:`column_stats`' ``(m, total)`` with ``m`` a reference rather than
+    the max (logsumexp's statistics: ``m + log(total)`` is the same), by
+    blocks of rows that take the sums of ``exp(x * scale)`` with no shift
+    and so no max pass (:func:`column_terms_add`), about a reference of 0,
+    while every block's sums are finite.  From the first block whose sums
+    are not (a NaN, +inf or an exponential that overflows), that block and
+    the rest go as in :func:`column_stats`, from the sums so far about 0
+    (the online rule holds for any reference: ``m`` becomes the larger of
+    it and each block's max).  False if a column's sum about 0 is below
+    :data:`DIRECT_SUM_MIN` a row (tiny exponentials, or all -inf): the
+    caller takes :func:`column_stats`.  One thread, 32768 x 1000
+    (prototype of the direct blocks): float32 181 -> 140 ps an element,
+    float64 395 -> 330 (with the rows in L2: 123 -> 84 and 368 -> 272)."""
     n_cols = c1 - c0
+    zero = like(0.0, scale)
     for j in range(n_cols):
+        m[j] = zero
         total[j] = 0.0
     block_rows = min(block_rows, COLUMN_TERMS)
+    direct = True
     for i0 in range(i_lo, i_hi, block_rows):
         i1 = min(i0 + block_rows, i_hi)
-        for j in range(n_cols):
-            part[j] = 0.0
-        _column_block_terms(x, scale, i0, i1, min(i1 + block_rows, i_hi), part, part, c0, c1, True)
+        n1 = min(i1 + block_rows, i_hi)  # the next block
+        if direct:
+            for j in range(n_cols):
+                part[j] = zero
+            _column_block_terms(x, scale, i0, i1, n1, part, part, c0, c1, True)
+            finite = True
+            for j in range(n_cols):  # NaN fails
+                finite &= abs(part[j]) < np.inf
+            direct = finite
+        if not direct:  # the block again, shifted (it is in cache)
+            _column_block_max(x, i0, i1, block_max, c0, c1)
+            _start_column_block(m, total, shift, part, block_max, scale)
+            _column_block_terms(x, scale, i0, i1, n1, shift, part, c0, c1, False)
         for j in range(n_cols):
             total[j] += np.float64(part[j])
     least = (i_hi - i_lo) * DIRECT_SUM_MIN
     ok = True
-    for j in range(n_cols):  # NaN fails both tests
-        ok &= (total[j] >= least) & (total[j] < np.inf)
+    for j in range(n_cols):  # about a larger reference the sum has a term >= 1
+        ok &= (m[j] != 0) | (total[j] >= least)
     return ok
 
 
@@ -1205,8 +1218,8 @@ def column_stats_chunked(x, scale, n_chunks, block_rows, direct):
     goes tile by tile (:func:`schedule.column_tile`), each tile through all
     the chunk's rows, so that a tile's statistics stay in L1.  With
     ``direct`` (logsumexp: ``m`` is then a reference, not the max), a
-    chunk's tile takes :func:`direct_column_sums` and ``m = 0`` where those
-    are right (:func:`takes_direct_sums`)."""
+    chunk's tile takes :func:`direct_column_stats` where it can
+    (:func:`takes_direct_sums`)."""
     n, n_cols = x.shape
     m_parts = np.empty((n_chunks, n_cols), x.dtype)
     total_parts = np.empty((n_chunks, n_cols), np.float64)
@@ -1226,12 +1239,22 @@ def column_stats_chunked(x, scale, n_chunks, block_rows, direct):
             if (
                 direct
                 and takes_direct_sums(x)
-                and direct_column_sums(
-                    x, scale, i_lo, i_hi, block_rows, total_tile, part[:w], c0, c1
-                )
+                and direct_column_stats(
+                    x,
+                    scale,
+                    i_lo,
+                    i_hi,
+                    block_rows,
+                    m_tile,
+                    total_tile,
+                    shift[:w],
+                    block_max[:w],
+                    part[:w],
+                    c0,
+                    c1,
+                )  # fmt: skip
             ):
-                for j in range(w):
-                    m_tile[j] = 0.0
+                pass
             elif whole:
                 column_stats(
                     x, scale, i_lo, i_hi, block_rows, m_tile, total_tile, shift[:w],
@@ -1273,15 +1296,16 @@ def softmax_cols_write(x, out, scale, log, n_chunks, m, total, shift, factor):
 @njit(fastmath=FASTMATH, **JIT)
 def logsumexp_of_columns(x, scale, m, total, res):
     """``res[j]`` from column ``j``'s statistics (:func:`column_stats_chunked`
-    with ``direct``: ``m[j]`` is a reference, 0 or the max), by
-    :func:`logsumexp_of_row` with the column's max where the result is near
-    zero (its refinement counts the entries equal to the max)."""
+    with ``direct``: ``m[j]`` is a reference, not always the max), by
+    :func:`logsumexp_of_row`, about the column's max where the result is
+    near zero (its refinement counts the entries equal to the max)."""
     for j in range(m.size):
         col = x[:, j]
         mj, tj = m[j], total[j]
-        if mj == 0 and abs(lse_of_stats(mj, tj)) < NEAR_ZERO:  # about the max
-            mj = row_max(col) * scale
-            tj = tj * math.exp(-np.float64(mj))
+        if math.isfinite(mj) and abs(lse_of_stats(mj, tj)) < NEAR_ZERO:
+            top = row_max(col) * scale
+            tj = tj * math.exp(np.float64(mj) - np.float64(top))
+            mj = top
         res[j] = logsumexp_of_row(col, scale, mj, tj)
 
 
