@@ -385,7 +385,8 @@ def _column_index_rows(pb: _Problem, rows, index, part_a, part_z, grad_rows, sca
     xt_cols = rows.T  # (C, N), rows contiguous
     chunks = column_chunks(n_classes)
     # The forward of float32 takes the sums with no shift where they are right
-    # (m is then 0, a reference): its losses, in float64, keep their precision.
+    # (m is then a reference, not the max): its losses, in float64, keep their
+    # precision.
     direct = grad_rows is None and rows.dtype == np.float32
     m, total = KS.column_stats_chunked(
         rows.size, xt_cols, one, chunks, column_block_rows(n, rows.itemsize), direct

@@ -1079,9 +1079,9 @@ def takes_direct_sums(x):  # pragma: no cover - replaced by the overload in jitt
 
 @overload(takes_direct_sums, inline="always")
 def _takes_direct_sums_overload(x):
-    """Whether the column statistics of ``x`` (2-D) for logsumexp take
-    :func:`direct_column_stats`: C rows on AVX-512 (the table's
-    exponentials; others were not measured)."""
+    """Whether the column statistics of ``x`` (2-D) for logsumexp and the
+    float32 cross-entropy forward take :func:`direct_column_stats`: C rows
+    on AVX-512 (the table's exponentials; others were not measured)."""
     direct = x.layout == "C" and table_exp_type(types.Array(x.dtype, 1, "C"))
     return lambda x: direct
 
