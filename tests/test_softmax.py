@@ -350,11 +350,10 @@ def test_direct_column_stats_are_right_or_say_so(dtype, rng):
             y[row, col] = value
         ok, lse = stats(y)
         assert ok, value
-        ref.assert_matches(lse, ref.logsumexp(y.astype(np.float64), axis=0), dtype, scale=50)
+        expected = ref.logsumexp(y.astype(np.float64), axis=0)
+        ref.assert_matches(lse, expected, dtype, scale=50)
         finite = np.isfinite(lse)
-        np.testing.assert_allclose(
-            lse[finite], ref.logsumexp(y.astype(np.float64), axis=0)[finite], rtol=rtol
-        )
+        np.testing.assert_allclose(lse[finite], expected[finite], rtol=rtol)
     for column in (np.full(n, tiny), np.full(n, -np.inf)):
         y = x.copy()
         y[:, 11] = column

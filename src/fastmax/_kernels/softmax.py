@@ -1035,6 +1035,16 @@ def _column_block_terms(x, scale, i0, i1, n1, shift, part, c0, c1, direct):
                 column_sumexp((row[j0:j1],), (), scale, shift[j0:j1], sums, sums)
 
 
+@njit(fastmath=FASTMATH, inline="always", **JIT)
+def _shifted_column_block(x, scale, i0, i1, n1, m, total, shift, block_max, part, c0, c1):
+    """Rows ``i0:i1`` as :func:`column_stats` takes a block: its max in a
+    pass of its own, folded into the running ``(m, total)``, then its terms
+    shifted by the new ``m`` into ``part`` (:func:`_column_block_terms`)."""
+    _column_block_max(x, i0, i1, block_max, c0, c1)
+    _start_column_block(m, total, shift, part, block_max, scale)
+    _column_block_terms(x, scale, i0, i1, n1, shift, part, c0, c1, False)
+
+
 @njit(fastmath=FASTMATH, **JIT)
 def column_stats(x, scale, i_lo, i_hi, block_rows, m, total, shift, block_max, part, c0, c1):
     """Online ``(m, total)`` per column of ``x[i_lo:i_hi]``, reduced along axis 0
@@ -1058,11 +1068,8 @@ def column_stats(x, scale, i_lo, i_hi, block_rows, m, total, shift, block_max, p
     block_rows = min(block_rows, COLUMN_TERMS)
     for i0 in range(i_lo, i_hi, block_rows):
         i1 = min(i0 + block_rows, i_hi)
-        _column_block_max(x, i0, i1, block_max, c0, c1)
-        _start_column_block(m, total, shift, part, block_max, scale)
-        _column_block_terms(
-            x, scale, i0, i1, min(i1 + block_rows, i_hi), shift, part, c0, c1, False
-        )
+        n1 = min(i1 + block_rows, i_hi)  # the next block
+        _shifted_column_block(x, scale, i0, i1, n1, m, total, shift, block_max, part, c0, c1)
         for j in range(n_cols):
             total[j] += np.float64(part[j])
 
@@ -1120,9 +1127,7 @@ def direct_column_stats(x, scale, i_lo, i_hi, block_rows, m, total, shift, block
                 finite &= abs(part[j]) < np.inf
             direct = finite
         if not direct:  # the block again, shifted (it is in cache)
-            _column_block_max(x, i0, i1, block_max, c0, c1)
-            _start_column_block(m, total, shift, part, block_max, scale)
-            _column_block_terms(x, scale, i0, i1, n1, shift, part, c0, c1, False)
+            _shifted_column_block(x, scale, i0, i1, n1, m, total, shift, block_max, part, c0, c1)
         for j in range(n_cols):
             total[j] += np.float64(part[j])
     least = (i_hi - i_lo) * DIRECT_SUM_MIN
@@ -1236,26 +1241,14 @@ def column_stats_chunked(x, scale, n_chunks, block_rows, direct):
             w = c1 - c0
             m_tile = m_parts[c, c0:c1]
             total_tile = total_parts[c, c0:c1]
-            if (
-                direct
-                and takes_direct_sums(x)
-                and direct_column_stats(
-                    x,
-                    scale,
-                    i_lo,
-                    i_hi,
-                    block_rows,
-                    m_tile,
-                    total_tile,
-                    shift[:w],
-                    block_max[:w],
-                    part[:w],
-                    c0,
-                    c1,
+            if direct and takes_direct_sums(x):
+                done = direct_column_stats(
+                    x, scale, i_lo, i_hi, block_rows, m_tile, total_tile, shift[:w],
+                    block_max[:w], part[:w], c0, c1,
                 )  # fmt: skip
-            ):
-                pass
-            elif whole:
+                if done:
+                    continue
+            if whole:
                 column_stats(
                     x, scale, i_lo, i_hi, block_rows, m_tile, total_tile, shift[:w],
                     block_max[:w], part[:w], c0, c1,
